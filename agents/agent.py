@@ -1,0 +1,737 @@
+"""Node-local launcher agent of qcg-hier.
+
+One agent runs on every compute node.  It talks to the manager over a single
+zmq DEALER socket, spawns the tasks it is told to run (``os.posix_spawn``, one
+process group per task), binds them to CPUs, enforces wall time, kills them on
+cancel, reaps them and reports their exits in batches together with their
+resource usage.
+
+Wire format: each zmq message is a single frame holding an orjson-encoded JSON
+array of messages; every message is a JSON array whose first element is its
+kind (see the project documentation for the list of kinds).
+
+Design notes (speed matters: the agent must add only a few tens of
+microseconds per task on top of the bare ``posix_spawn`` + ``wait4`` cost):
+
+* one thread, one loop; a ``zmq.Poller`` watches the DEALER socket and the
+  read end of a non-blocking pipe installed with ``signal.set_wakeup_fd`` so
+  that SIGCHLD (and SIGTERM/SIGINT) wake the loop up;
+* no per-task objects beyond a small ``__slots__`` record, no per-task
+  sockets, threads or logging;
+* everything produced in one loop iteration (``done``, ``pong``, ...) is sent
+  in one frame;
+* stdio of tasks without redirection use /dev/null descriptors opened once;
+* CPU binding is changed lazily (only when the mask needed differs from the
+  current one) and the original mask is restored at the end of the batch;
+* merged environments and PATH look-ups are cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import logging
+import os
+import signal
+import stat
+import sys
+import time
+
+import orjson
+import zmq
+
+log = logging.getLogger("qcg_hier_agent")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_MANAGER_LOST = 3
+
+DEFAULT_GRACE = 5.0
+# How long a PATH look-up result stays valid (seconds).
+WHICH_TTL = 2.0
+# How long to wait for SIGKILLed tasks to be reaped when shutting down.
+REAP_ON_EXIT_TIMEOUT = 5.0
+# Upper bound of frames read from the socket in one loop iteration, so that a
+# flood of requests cannot starve reaping and timers.
+MAX_FRAMES_PER_ITERATION = 256
+# Default search path when the task environment has no PATH (glibc's _CS_PATH).
+DEFAULT_PATH = "/bin:/usr/bin"
+
+# Signals whose "ignored" disposition must not leak from the (Python) agent
+# into tasks: Python ignores SIGPIPE and SIGXFSZ at start-up.
+_RESET_SIGNALS = tuple(
+    s for s in (getattr(signal, "SIGPIPE", None), getattr(signal, "SIGXFSZ", None)) if s is not None
+)
+
+# heap actions
+_WALLTIME = 0
+_KILL = 1
+
+_WFLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_RFLAGS = os.O_RDONLY | os.O_CLOEXEC
+
+
+class LaunchError(Exception):
+    """A task could not be started; the message is reported to the manager."""
+
+
+class Task:
+    __slots__ = ("tid", "pid", "start", "wt", "grace", "reason", "alive")
+
+    def __init__(self, tid, pid, start, wt, grace):
+        self.tid = tid
+        self.pid = pid
+        self.start = start
+        self.wt = wt
+        self.grace = grace
+        self.reason = None
+        self.alive = True
+
+
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _noop_handler(signum, frame):  # pragma: no cover - trivial
+    pass
+
+
+class Agent:
+    def __init__(
+        self,
+        address: str,
+        node: str,
+        heartbeat_interval: float = 2.0,
+        manager_timeout: float = 10.0,
+        curve_server_key: str | None = None,
+        curve_public_key: str | None = None,
+        curve_secret_key: str | None = None,
+        linger: int = 1000,
+    ):
+        self.address = address
+        self.node = node
+        self.heartbeat_interval = float(heartbeat_interval)
+        self.manager_timeout = float(manager_timeout)
+        self.curve_server_key = curve_server_key
+        self.curve_public_key = curve_public_key
+        self.curve_secret_key = curve_secret_key
+        self.linger = linger
+
+        self.base_env: dict[str, str] = dict(os.environ)
+        self._env_cache: dict = {}
+        self._which_cache: dict = {}
+
+        self.by_pid: dict[int, Task] = {}
+        self.by_tid: dict = {}
+        self.heap: list = []
+        self._seq = 0
+
+        self.orig_cpus = os.sched_getaffinity(0)
+        self.cur_cpus = None  # None: the original mask is in effect
+        self.cwd = None  # last directory we chdir()ed into during this batch
+
+        self.now = time.monotonic()
+        self.stop_signal = 0
+        self._backlog: list = []
+
+        self.ctx = None
+        self.sock = None
+        self.poller = None
+        self._wake_r = self._wake_w = -1
+        self.null_r = self.null_w = -1
+        self.null_actions = None
+
+    # ------------------------------------------------------------------ setup
+
+    def _setup(self):
+        _ensure_std_fds()
+        self.null_r = os.open(os.devnull, _RFLAGS)
+        self.null_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        d = os.POSIX_SPAWN_DUP2
+        self.null_actions = [(d, self.null_r, 0), (d, self.null_w, 1), (d, self.null_w, 2)]
+
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = r, w
+        signal.signal(signal.SIGCHLD, _noop_handler)
+        signal.siginterrupt(signal.SIGCHLD, False)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+
+        self.ctx = zmq.Context(1)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.node.encode("utf-8"))
+        sock.setsockopt(zmq.LINGER, self.linger)
+        if self.curve_server_key:
+            if self.curve_public_key and self.curve_secret_key:
+                pub, sec = self.curve_public_key, self.curve_secret_key
+            else:
+                pub, sec = (k.decode("ascii") for k in zmq.curve_keypair())
+            sock.setsockopt(zmq.CURVE_SERVERKEY, self.curve_server_key.encode("ascii"))
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, pub.encode("ascii"))
+            sock.setsockopt(zmq.CURVE_SECRETKEY, sec.encode("ascii"))
+        sock.connect(self.address)
+        self.sock = sock
+        self.poller = zmq.Poller()
+        self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(r, zmq.POLLIN)
+
+    def _on_stop_signal(self, signum, frame):
+        self.stop_signal = signum
+
+    def _close(self, linger):
+        try:
+            signal.set_wakeup_fd(-1)
+        except (ValueError, OSError):
+            pass
+        if self.sock is not None:
+            self.sock.close(linger=linger)
+            self.sock = None
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+        for fd in (self._wake_r, self._wake_w, self.null_r, self.null_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = self.null_r = self.null_w = -1
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> int:
+        self._setup()
+        try:
+            return self._loop()
+        except BaseException:
+            log.exception("agent failed, killing all tasks")
+            try:
+                self._kill_all([])
+            finally:
+                self._close(0)
+            return EXIT_ERROR
+
+    def _loop(self) -> int:
+        sock = self.sock
+        poll = self.poller.poll
+        wake_r = self._wake_r
+        recv = sock.recv
+        NOBLOCK = zmq.NOBLOCK
+        Again = zmq.Again
+        loads = orjson.loads
+        monotonic = time.monotonic
+        hb = self.heartbeat_interval
+        mto = self.manager_timeout
+        heap = self.heap
+
+        self.now = now = monotonic()
+        self.last_recv = now
+        self.last_send = now
+        ready = {
+            "node": self.node,
+            "pid": os.getpid(),
+            "host": os.uname().nodename,
+            "cpus": sorted(self.orig_cpus),
+        }
+        self._flush([["ready", ready]])
+        log.info("agent %s (pid %d) connected to %s", self.node, os.getpid(), self.address)
+
+        while True:
+            # ---- wait
+            deadline = min(self.last_send + hb, self.last_recv + mto)
+            if heap and heap[0][0] < deadline:
+                deadline = heap[0][0]
+            if self._backlog:
+                deadline = min(deadline, now + 0.05)
+            timeout = int((deadline - monotonic()) * 1000.0 + 0.999)
+            if timeout < 0:
+                timeout = 0
+            events = poll(timeout)
+            self.now = now = monotonic()
+            out: list = []
+
+            if self.stop_signal:
+                log.info("signal %d received: killing tasks and exiting", self.stop_signal)
+                self._kill_all(out)
+                out.append(["bye", self.node])
+                self._flush(out)
+                self._close(self.linger)
+                return EXIT_OK
+
+            sock_ready = wake = False
+            for what, _ in events:
+                if what is sock:
+                    sock_ready = True
+                else:
+                    wake = True
+
+            # ---- requests
+            if sock_ready:
+                self.cwd = None
+                for _ in range(MAX_FRAMES_PER_ITERATION):
+                    try:
+                        frame = recv(NOBLOCK)
+                    except Again:
+                        break
+                    self.last_recv = now
+                    try:
+                        msgs = loads(frame)
+                    except orjson.JSONDecodeError:
+                        log.warning("ignoring undecodable frame of %d bytes", len(frame))
+                        continue
+                    if self._handle(msgs, out):
+                        log.info("exit requested by the manager")
+                        self._kill_all(out)
+                        out.append(["bye", self.node])
+                        self._flush(out)
+                        self._close(self.linger)
+                        return EXIT_OK
+                if self.cur_cpus is not None:
+                    os.sched_setaffinity(0, self.orig_cpus)
+                    self.cur_cpus = None
+
+            # ---- exits
+            if wake:
+                try:
+                    while os.read(wake_r, 4096):
+                        pass
+                except (BlockingIOError, InterruptedError):
+                    pass
+                self._reap(out)
+
+            # ---- timers
+            if heap and heap[0][0] <= now:
+                self._expire(now)
+
+            if now - self.last_recv >= mto:
+                log.error("no message from the manager for %.1f s: killing tasks and exiting", now - self.last_recv)
+                self._kill_all([])
+                self._close(0)
+                return EXIT_MANAGER_LOST
+
+            if not out and not self._backlog and now - self.last_send >= hb:
+                out.append(["hb", time.time()])
+            if out or self._backlog:
+                self._flush(out)
+
+    def _flush(self, out: list) -> bool:
+        if self._backlog:
+            out = self._backlog + out
+            self._backlog = []
+        try:
+            self.sock.send(orjson.dumps(out), zmq.NOBLOCK)
+        except zmq.Again:
+            self._backlog = out
+            return False
+        self.last_send = self.now
+        return True
+
+    # ------------------------------------------------------------------ requests
+
+    def _handle(self, msgs, out) -> bool:
+        """Process one decoded frame; return True when ``exit`` was requested."""
+        if msgs and type(msgs[0]) is str:  # a lone message, not a batch
+            msgs = [msgs]
+        launch = self._launch
+        for m in msgs:
+            try:
+                kind = m[0]
+                if kind == "run":
+                    launch(m[1], m[2] if len(m) > 2 else None, out)
+                elif kind == "ping":
+                    out.append(["pong", m[1] if len(m) > 1 else None])
+                elif kind == "cancel":
+                    self._cancel(m[1], m[2] if len(m) > 2 else None)
+                elif kind == "env":
+                    self._update_env(m[1])
+                elif kind == "exit":
+                    return True
+                else:
+                    log.warning("ignoring message of unknown kind %r", kind)
+            except Exception:
+                log.exception("ignoring malformed message %r", m)
+        return False
+
+    def _update_env(self, changes):
+        env = self.base_env
+        for k, v in changes.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v if type(v) is str else str(v)
+        self._env_cache.clear()
+
+    def _task_env(self, delta):
+        key = tuple(delta.items())
+        env = self._env_cache.get(key)
+        if env is None:
+            env = self.base_env.copy()
+            for k, v in delta.items():
+                if v is None:
+                    env.pop(k, None)
+                else:
+                    env[k] = v if type(v) is str else str(v)
+            if len(self._env_cache) >= 256:
+                self._env_cache.clear()
+            self._env_cache[key] = env
+        return env
+
+    def _which(self, name, env, fresh=False):
+        path = env.get("PATH")
+        if path is None:
+            path = DEFAULT_PATH
+        key = (name, path)
+        if not fresh:
+            hit = self._which_cache.get(key)
+            if hit is not None and hit[1] > self.now:
+                return hit[0]
+        denied = False
+        found = None
+        for d in path.split(":"):
+            cand = (d or ".").rstrip("/") + "/" + name
+            try:
+                st = os.stat(cand)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and os.access(cand, os.X_OK):
+                found = cand
+                break
+            denied = True
+        if found is None:
+            why = "Permission denied" if denied else "No such file or directory"
+            raise LaunchError(f"cannot execute '{name}': {why}")
+        if found[0] == "/":
+            cache = self._which_cache
+            if len(cache) >= 1024:
+                cache.clear()
+            cache[key] = (found, self.now + WHICH_TTL)
+        return found
+
+    def _enter(self, wd):
+        if type(wd) is not str or not wd.startswith("/"):
+            raise LaunchError(f"working directory must be an absolute path, got {wd!r}")
+        try:
+            os.chdir(wd)
+        except FileNotFoundError:
+            try:
+                os.makedirs(wd, exist_ok=True)
+                os.chdir(wd)
+            except OSError as e:
+                raise LaunchError(f"cannot create working directory '{wd}': {_why(e)}") from None
+        except OSError as e:
+            raise LaunchError(f"cannot enter working directory '{wd}': {_why(e)}") from None
+        self.cwd = wd
+
+    def _open(self, what, path, flags, opened):
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as e:
+            raise LaunchError(f"cannot open {what} '{path}': {_why(e)}") from None
+        except (TypeError, ValueError) as e:
+            raise LaunchError(f"invalid {what} path {path!r}: {e}") from None
+        opened.append(fd)
+        return fd
+
+    def _redirect(self, sin, sout, serr, opened):
+        f0 = self.null_r if sin is None else self._open("stdin", sin, _RFLAGS, opened)
+        f1 = self.null_w if sout is None else self._open("stdout", sout, _WFLAGS, opened)
+        if serr is None:
+            f2 = self.null_w
+        elif serr == sout:
+            f2 = f1
+        else:
+            f2 = self._open("stderr", serr, _WFLAGS, opened)
+        d = os.POSIX_SPAWN_DUP2
+        return [(d, f0, 0), (d, f1, 1), (d, f2, 2)]
+
+    def _bind(self, cpus):
+        if cpus is None:
+            os.sched_setaffinity(0, self.orig_cpus)
+        else:
+            try:
+                os.sched_setaffinity(0, cpus)
+            except OSError as e:
+                raise LaunchError(f"cannot bind to CPUs {cpus}: {_why(e)}") from None
+            except (TypeError, ValueError, OverflowError) as e:
+                raise LaunchError(f"cannot bind to CPUs {cpus!r}: {e}") from None
+        self.cur_cpus = cpus
+
+    def _launch(self, tid, spec, out):
+        if tid in self.by_tid:
+            log.warning("task id %r is already running: duplicate run ignored", tid)
+            return
+        opened = None
+        start = 0.0
+        try:
+            argv = spec["argv"]
+            wd = spec["wd"]
+            if wd != self.cwd:
+                self._enter(wd)
+            delta = spec.get("env")
+            env = self._task_env(delta) if delta else self.base_env
+            prog = argv[0]
+            searched = "/" not in prog
+            if searched:
+                prog = self._which(prog, env)
+            sin = spec.get("stdin")
+            sout = spec.get("stdout")
+            serr = spec.get("stderr")
+            if sin is None and sout is None and serr is None:
+                actions = self.null_actions
+            else:
+                opened = []
+                actions = self._redirect(sin, sout, serr, opened)
+            cpus = spec.get("cpus") or None
+            if cpus != self.cur_cpus:
+                self._bind(cpus)
+            start = time.time()
+            try:
+                pid = os.posix_spawn(prog, argv, env, file_actions=actions, setpgroup=0,
+                                     setsigdef=_RESET_SIGNALS)
+            except OSError as e:
+                if not searched:
+                    raise LaunchError(f"cannot execute '{argv[0]}': {_why(e)}") from None
+                # the cached look-up may be stale: search again once
+                prog2 = self._which(argv[0], env, fresh=True)
+                if prog2 == prog:
+                    raise LaunchError(f"cannot execute '{argv[0]}': {_why(e)}") from None
+                start = time.time()
+                try:
+                    pid = os.posix_spawn(prog2, argv, env, file_actions=actions, setpgroup=0,
+                                         setsigdef=_RESET_SIGNALS)
+                except OSError as e2:
+                    raise LaunchError(f"cannot execute '{argv[0]}': {_why(e2)}") from None
+        except LaunchError as e:
+            err = str(e)
+        except KeyError as e:
+            err = f"invalid task specification: missing {e.args[0]!r}"
+        except Exception as e:
+            err = f"invalid task specification: {type(e).__name__}: {e}"
+        else:
+            wt = spec.get("wt")
+            grace = spec.get("grace")
+            task = Task(tid, pid, start, wt, DEFAULT_GRACE if grace is None else grace)
+            self.by_pid[pid] = task
+            self.by_tid[tid] = task
+            if wt is not None:
+                heap = self.heap
+                self._seq += 1
+                heapq.heappush(heap, (self.now + wt, self._seq, _WALLTIME, task))
+                if len(heap) > 1024 and len(heap) > 2 * len(self.by_pid):
+                    self._compact_heap()
+            return
+        finally:
+            if opened:
+                for fd in opened:
+                    os.close(fd)
+        end = time.time()
+        out.append(["done", tid, 0, None, start or end, end, 0.0, 0, None, err])
+
+    def _compact_heap(self):
+        heap = [e for e in self.heap if e[3].alive]
+        heapq.heapify(heap)
+        self.heap[:] = heap
+
+    # ------------------------------------------------------------------ signals, timers
+
+    @staticmethod
+    def _signal(task, sig):
+        try:
+            os.killpg(task.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _cancel(self, tid, grace):
+        task = self.by_tid.get(tid)
+        if task is None:
+            return
+        if task.reason is None:
+            task.reason = "canceled"
+        if grace is None:
+            grace = DEFAULT_GRACE
+        if grace <= 0:
+            self._signal(task, signal.SIGKILL)
+        else:
+            self._signal(task, signal.SIGTERM)
+            self._seq += 1
+            heapq.heappush(self.heap, (self.now + grace, self._seq, _KILL, task))
+
+    def _expire(self, now):
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            _, _, action, task = heapq.heappop(heap)
+            if not task.alive:
+                continue
+            if action == _WALLTIME:
+                if task.reason is not None:
+                    continue  # already being canceled
+                task.reason = "walltime"
+                if task.grace > 0:
+                    self._signal(task, signal.SIGTERM)
+                    self._seq += 1
+                    heapq.heappush(heap, (now + task.grace, self._seq, _KILL, task))
+                else:
+                    self._signal(task, signal.SIGKILL)
+            else:
+                self._signal(task, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ reaping
+
+    def _reap(self, out):
+        by_pid = self.by_pid
+        by_tid = self.by_tid
+        wait4 = os.wait4
+        WNOHANG = os.WNOHANG
+        killpg = os.killpg
+        SIGKILL = signal.SIGKILL
+        now = time.time
+        exitcode = os.waitstatus_to_exitcode
+        while True:
+            try:
+                pid, status, ru = wait4(-1, WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            end = now()
+            # nothing of a finished task may survive: kill its process group
+            try:
+                killpg(pid, SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            task = by_pid.pop(pid, None)
+            if task is None:
+                continue
+            del by_tid[task.tid]
+            task.alive = False
+            reason = task.reason
+            err = None
+            if reason == "walltime":
+                err = f"wall time {task.wt:g}s exceeded: killed"
+            out.append(["done", task.tid, pid, exitcode(status), task.start, end,
+                        ru.ru_utime + ru.ru_stime, ru.ru_maxrss, reason, err])
+
+    def _kill_all(self, out):
+        """SIGKILL every running task group, reap them and report them as canceled."""
+        by_pid = self.by_pid
+        for task in list(by_pid.values()):
+            if task.reason is None:
+                task.reason = "canceled"
+            self._signal(task, signal.SIGKILL)
+        deadline = time.monotonic() + REAP_ON_EXIT_TIMEOUT
+        while by_pid:
+            self._reap(out)
+            if not by_pid:
+                break
+            if time.monotonic() > deadline:
+                end = time.time()
+                for pid, task in list(by_pid.items()):
+                    out.append(["done", task.tid, pid, None, task.start, end, 0.0, 0, task.reason,
+                                "task did not terminate after SIGKILL"])
+                by_pid.clear()
+                self.by_tid.clear()
+                break
+            time.sleep(0.002)
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _ensure_std_fds():
+    """Make sure descriptors 0-2 are open so our own files never land on them."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            nfd = os.open(os.devnull, os.O_RDWR)
+            if nfd != fd:
+                os.dup2(nfd, fd)
+                os.close(nfd)
+
+
+def _set_parent_death_signal(sig=signal.SIGTERM):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _normalize_address(address: str) -> str:
+    # The agent changes its working directory for every task: make a relative
+    # ipc:// path absolute so that reconnections keep working.
+    if address.startswith("ipc://"):
+        path = address[len("ipc://"):]
+        if path and not path.startswith("/") and not path.startswith("@"):
+            return "ipc://" + os.path.abspath(path)
+    return address
+
+
+def _read_keys(path):
+    with open(path, "rb") as f:
+        data = orjson.loads(f.read())
+    return data["public"], data["secret"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m qcg_hier_agent", description="qcg-hier node agent")
+    p.add_argument("--manager", required=True, help="manager address, e.g. tcp://host:5555")
+    p.add_argument("--node", required=True, help="node name (used as the zmq identity)")
+    p.add_argument("--heartbeat-interval", type=float, default=2.0)
+    p.add_argument("--manager-timeout", type=float, default=10.0)
+    p.add_argument("--curve-server-key", default=None, help="manager's CURVE public key (Z85)")
+    p.add_argument("--curve-keys-file", default=None,
+                   help='JSON file with the agent\'s CURVE keypair: {"public": Z85, "secret": Z85}')
+    p.add_argument("--log-file", default=None)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--parent-death-signal", action="store_true",
+                   help="exit (SIGTERM) when the parent process dies")
+    return p.parse_args(argv)
+
+
+def _setup_logging(path, level):
+    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s agent[%(process)d] %(message)s"))
+    log.addHandler(handler)
+    lvl = logging.getLevelName(str(level).upper())
+    log.setLevel(lvl if isinstance(lvl, int) else logging.INFO)
+    log.propagate = False
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    _setup_logging(os.path.abspath(args.log_file) if args.log_file else None, args.log_level)
+
+    if args.parent_death_signal:
+        try:
+            _set_parent_death_signal(signal.SIGTERM)
+        except OSError as e:
+            log.warning("cannot set the parent death signal: %s", e)
+        if os.getppid() == 1:
+            log.error("parent process already gone: exiting")
+            return EXIT_MANAGER_LOST
+
+    pub = sec = None
+    if args.curve_keys_file:
+        try:
+            pub, sec = _read_keys(args.curve_keys_file)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("cannot read CURVE keys from %s: %s", args.curve_keys_file, e)
+            return EXIT_USAGE
+    if args.curve_server_key and not zmq.has("curve"):
+        log.error("CURVE requested but libzmq has no CURVE support")
+        return EXIT_USAGE
+
+    agent = Agent(
+        _normalize_address(args.manager),
+        args.node,
+        heartbeat_interval=args.heartbeat_interval,
+        manager_timeout=args.manager_timeout,
+        curve_server_key=args.curve_server_key,
+        curve_public_key=pub,
+        curve_secret_key=sec,
+    )
+    return agent.run()

@@ -1,0 +1,159 @@
+"""`qcg-pm-service`: the upstream command line, plus a few options of ours."""
+import asyncio
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import click
+
+from . import __version__
+from .core.errors import ResourceSpecError
+from .core.nodespec import NodeSpec, parse_nodes_option
+from .service.fileinterface import FileInterface
+from .service.servicedir import default_instance_id, make_service_dir, setup_logging
+
+NOT_YET = {
+    "governor": "--governor", "parent": "--parent", "slurm_partition_nodes": "--slurm-partition-nodes",
+    "slurm_resources_file": "--slurm-resources-file", "resume": "--resume", "net": "--net",
+    "net_port": "--net-port", "net_pub_port": "--net-pub-port", "net_port_min": "--net-port-min",
+    "net_port_max": "--net-port-max", "slurm_limit_nodes_range_begin": "--slurm-limit-nodes-range-begin",
+    "slurm_limit_nodes_range_end": "--slurm-limit-nodes-range-end", "enable_proc_stats": "--enable-proc-stats",
+    "enable_rt_stats": "--enable-rt-stats",
+}
+
+
+def _local_gpus() -> tuple:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    return tuple(g.strip() for g in visible.split(",") if g.strip()) if visible else ()
+
+
+def resolve_nodes(opts) -> list[NodeSpec]:
+    """--nodes, else this machine with the CPUs this process may use."""
+    gpus = tuple(g.strip() for g in opts.gpus.split(",") if g.strip()) if opts.gpus is not None else _local_gpus()
+    if opts.nodes:
+        nodes = parse_nodes_option(opts.nodes, gpus)
+    else:
+        cpus = sorted(os.sched_getaffinity(0))
+        nodes = [NodeSpec(name=socket.gethostname(), cores=len(cpus), gpus=gpus)]
+    mem = opts.mem_per_node
+    if mem is None:
+        import psutil
+        mem = psutil.virtual_memory().total // (1 << 20) // len(nodes)
+    return [NodeSpec(n.name, n.cores, n.core_ids, n.gpus, mem, n.tags) for n in nodes]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--net", is_flag=True, help="Enable the network (ZeroMQ) interface [not yet supported].")
+@click.option("--net-port", type=int, help="Port of the network interface [not yet supported].")
+@click.option("--net-pub-port", type=int, help="Port of the status publisher [not yet supported].")
+@click.option("--net-port-min", type=int, help="Lowest random port [not yet supported].")
+@click.option("--net-port-max", type=int, help="Highest random port [not yet supported].")
+@click.option("--file", "use_file", is_flag=True, help="Read requests from the file given by --file-path.")
+@click.option("--file-path", default=None, help="Batch file: a JSON list of requests (implies --file).")
+@click.option("--wd", default=".", show_default=True, help="Working directory; the service directory goes inside.")
+@click.option("--envschema", default="auto", show_default=True, help="Job environment schema: auto, slurm, common.")
+@click.option("--resources", default="auto", show_default=True, help="Resource source: auto, local, slurm.")
+@click.option("--report-format", type=click.Choice(["json", "text", "none"]), default="json", show_default=True)
+@click.option("--report-file", default="jobs.report", show_default=True, help="Report file in the service directory.")
+@click.option("--nodes", default=None, help="Nodes as [name:]cores[,[name:]cores...], e.g. 8,8 or a:4,b:4.")
+@click.option("--gpus", default=None, help="GPU ids on every node, e.g. 0,1 (default: $CUDA_VISIBLE_DEVICES).")
+@click.option("--mem-per-node", type=int, default=None, help="Memory (MB) per node for nodeCrs.mem (default: RAM / nodes).")
+@click.option("--log", "log_level", type=click.Choice(["critical", "error", "warning", "info", "debug", "notset"]),
+              default="info", show_default=True)
+@click.option("--system-core", is_flag=True, help="Reserve one core for the service.")
+@click.option("--disable-nl", is_flag=True, help="Do not use node agents (Slurm mode).")
+@click.option("--show-progress", is_flag=True, help="Show a live progress line.")
+@click.option("--governor", is_flag=True, help="Run as a governor [not yet supported].")
+@click.option("--parent", default=None, help="Register as a child of this governor [not yet supported].")
+@click.option("--id", "instance_id", default=None, help="Instance id (names the service directory).")
+@click.option("--tags", default=None, help="Comma separated tags of this manager.")
+@click.option("--slurm-partition-nodes", type=int, default=None, help="[not yet supported]")
+@click.option("--slurm-limit-nodes-range-begin", type=int, default=None, help="[not yet supported]")
+@click.option("--slurm-limit-nodes-range-end", type=int, default=None, help="[not yet supported]")
+@click.option("--slurm-resources-file", default=None, help="[not yet supported]")
+@click.option("--resume", default=None, help="Resume an earlier run [not yet supported].")
+@click.option("--enable-proc-stats", is_flag=True, help="[not yet supported]")
+@click.option("--enable-rt-stats", is_flag=True, help="[not yet supported]")
+@click.option("--wrapper-rt-stats", default=None, help="Accepted for compatibility; not used.")
+@click.option("--nl-init-timeout", type=float, default=600, show_default=True, help="Seconds to wait for node agents.")
+@click.option("--nl-ready-threshold", type=float, default=1.0, show_default=True,
+              help="Fraction of node agents that must be ready before scheduling starts.")
+@click.option("--nl-start-method", default="slurm", show_default=True, help="How node agents start: slurm or ssh.")
+@click.option("--disable-pub", is_flag=True, help="Do not start the status publisher.")
+@click.option("--fake-launch", is_flag=True,
+              help="BENCHMARK ONLY: every task finishes SUCCEED at once without starting a process.")
+@click.version_option(__version__, "--version")
+def service_main(**kw):
+    """QCG-PilotJob compatible manager service (qcg-hier)."""
+    opts = SimpleNamespace(**kw)
+    for key, flag in NOT_YET.items():
+        value = kw.get(key)
+        if value not in (None, False):
+            raise click.UsageError(f"{flag} is not yet supported by this version of qcg-hier")
+    if opts.file_path:
+        opts.use_file = True
+    if opts.use_file and not opts.file_path:
+        opts.file_path = "qcg_pm_reqs.json"
+    if not opts.use_file:
+        raise click.UsageError("no interface enabled: give --file-path FILE (the network interface is not yet supported)")
+    try:
+        nodes = resolve_nodes(opts)
+    except ResourceSpecError as exc:
+        raise click.UsageError(str(exc))
+    sys.exit(run_service(opts, nodes))
+
+
+def run_service(opts, nodes) -> int:
+    from .service.manager import ManagerService
+
+    wd = Path(opts.wd)
+    try:
+        wd.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.UsageError(f"cannot create working directory {wd}: {exc}")
+    instance_id = opts.instance_id or default_instance_id()
+    service_dir = make_service_dir(wd, instance_id)
+    logger = setup_logging(service_dir, opts.log_level)
+    tags = ",".join([instance_id] + ([t for t in opts.tags.split(",") if t] if opts.tags else []))
+    logger.info("service %s version v%s started %s @ %s (with tags %s)", instance_id, __version__,
+                _now(), socket.gethostname(), tags)
+    logger.info("log level set to: %s", opts.log_level.upper())
+    logger.info("service arguments %s", opts)
+    total = sum(n.cores for n in nodes)
+    logger.info("available resources: %d (%d used) cores on %d nodes", total, 1 if opts.system_core else 0, len(nodes))
+    service = ManagerService(opts, nodes, service_dir, instance_id)
+    file_iface = FileInterface(opts.file_path)
+    service.interfaces.append(file_iface)
+    service.interface_names.append(file_iface.name)
+    if opts.show_progress:
+        from .service.progress import Progress
+        service.progress = Progress()
+    code = _run_loop(service.run())
+    if file_iface.failed:
+        return 1
+    return code
+
+
+def _run_loop(coro) -> int:
+    try:
+        import uvloop
+        return uvloop.run(coro) if hasattr(uvloop, "run") else _classic(coro, uvloop)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def _classic(coro, uvloop) -> int:
+    uvloop.install()
+    return asyncio.run(coro)
+
+
+def _now() -> str:
+    from datetime import datetime
+    return str(datetime.now())
+
+
+if __name__ == "__main__":
+    service_main()

@@ -1,0 +1,398 @@
+"""The job description (upstream's "std" format): strict parsing into immutable specs.
+
+Every problem raises JobDescriptionError naming the job and the field. Unknown keys
+are errors at every level, as upstream (which passes the dicts as **kwargs).
+"""
+import re
+from dataclasses import dataclass
+
+from .errors import JobDescriptionError
+from .resources import Request
+from .variables import uses_launch_variables
+from .walltime import parse_walltime
+
+MODELS = ("default", "threads", "openmpi", "intelmpi", "srunmpi")
+ITERATION_SCHEDULERS = ("maximum-iters", "split-into")
+_BAD_NAME_CHARS = re.compile(r"[$:{}()'\"\s]")
+
+_JOB_KEYS = {"name", "execution", "resources", "iteration", "dependencies", "attributes"}
+_EXEC_KEYS = {"exec", "args", "script", "env", "wd", "stdin", "stdout", "stderr", "modules", "venv", "model",
+              "model_opts"}
+_MODEL_OPTS_KEYS = {"mpirun", "mpirun_args", "srun_args"}
+_RES_KEYS = {"numCores", "numNodes", "wt", "nodeCrs", "tags"}
+_RANGE_KEYS = {"exact", "min", "max", "scheduler"}
+_CRS_KEYS = {"gpu", "mem"}
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """numCores / numNodes: exact, or min..max (max None: as much as is free), maybe an iteration scheduler."""
+
+    min: int
+    max: int | None
+    scheduler: str | None = None
+    params: tuple = ()  # sorted (key, value) pairs of the scheduler's params
+
+    @property
+    def exact(self) -> bool:
+        return self.scheduler is None and self.max == self.min
+
+    def to_dict(self) -> dict:
+        if self.exact:
+            return {"exact": self.min}
+        out = {"min": self.min}
+        if self.max is not None:
+            out["max"] = self.max
+        if self.scheduler:
+            out["scheduler"] = {"name": self.scheduler, "params": dict(self.params)}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSpec:
+    cores: Range | None = None
+    nodes: Range | None = None
+    wt: float | None = None
+    wt_text: str | None = None
+    gpus: int = 0
+    mem_mb: int = 0
+    tags: tuple = ()
+
+    def to_dict(self) -> dict:
+        out = {}
+        if self.cores:
+            out["numCores"] = self.cores.to_dict()
+        if self.nodes:
+            out["numNodes"] = self.nodes.to_dict()
+        if self.wt_text:
+            out["wt"] = self.wt_text
+        if self.gpus or self.mem_mb:
+            out["nodeCrs"] = {k: v for k, v in (("gpu", self.gpus), ("mem", self.mem_mb)) if v}
+        if self.tags:
+            out["tags"] = list(self.tags)
+        return out
+
+    def request(self, cores: int | None = None, nodes: int | None = None) -> Request:
+        """The allocation request; `cores`/`nodes` replace the range by an iteration scheduler's size."""
+        crange = _bounds(self.cores, cores)
+        nrange = _bounds(self.nodes, nodes)
+        if nrange is None:
+            cmin, cmax = crange or (1, 1)
+            return _intern(Request(cmin, cmax, None, None, self.gpus, self.mem_mb))
+        cmin, cmax = crange or (0, 0)  # numNodes alone: whole nodes
+        return _intern(Request(cmin, cmax, nrange[0], nrange[1], self.gpus, self.mem_mb))
+
+
+UNLIMITED = 1 << 30
+
+
+def _bounds(rng: Range | None, size: int | None) -> tuple | None:
+    if size is not None:
+        return size, size
+    if rng is None:
+        return None
+    return rng.min, rng.max if rng.max is not None else UNLIMITED
+
+
+_REQUESTS: dict = {}
+
+
+def _intern(req: Request) -> Request:
+    """Jobs with the same needs share one Request (memory, and the scheduler buckets by identity)."""
+    return _REQUESTS.setdefault(req, req)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionSpec:
+    exec: str | None = None
+    args: tuple = ()
+    script: str | None = None
+    env: tuple = ()  # (name, value) pairs
+    wd: str | None = None
+    stdin: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    modules: tuple = ()
+    venv: str | None = None
+    model: str = "default"
+    model_opts: tuple = ()  # (key, value) pairs
+    templated: bool = False  # uses launch-time variables: substitute per task
+
+
+    def to_dict(self) -> dict:
+        """The form upstream writes into reports."""
+        out = {"exec": self.exec, "args": list(self.args), "env": dict(self.env), "script": self.script}
+        for key in ("wd", "stdin", "stdout", "stderr", "venv"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.modules:
+            out["modules"] = list(self.modules)
+        if self.model != "default":
+            out["model"] = self.model
+        out["model_opts"] = dict(self.model_opts)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class IterationSpec:
+    start: int
+    stop: int
+    values: tuple | None = None
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def value(self, it: int) -> str:
+        return str(self.values[it - self.start]) if self.values is not None else str(it)
+
+    def to_dict(self) -> dict:
+        if self.values is not None:
+            return {"values": list(self.values)}
+        return {"start": self.start, "stop": self.stop}
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    name: str
+    execution: ExecutionSpec
+    resources: ResourceSpec
+    iteration: IterationSpec | None = None
+    after: tuple = ()
+    attributes: dict | None = None
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "execution": self.execution.to_dict(), "resources": self.resources.to_dict()}
+        if self.iteration is not None:
+            out["iteration"] = self.iteration.to_dict()
+        if self.after:
+            out["dependencies"] = {"after": list(self.after)}
+        if self.attributes:
+            out["attributes"] = self.attributes
+        return out
+
+
+# ---------------------------------------------------------------- helpers
+def _check_keys(obj, allowed: set, job, field: str) -> None:
+    if not isinstance(obj, dict):
+        raise JobDescriptionError(job, field, f"must be an object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        path = f"{field}.{unknown[0]}" if field else unknown[0]
+        raise JobDescriptionError(job, path, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _string(value, job, field, allow_empty=False) -> str:
+    if not isinstance(value, str):
+        raise JobDescriptionError(job, field, f"must be a string, got {type(value).__name__}")
+    if not allow_empty and not value:
+        raise JobDescriptionError(job, field, "must not be empty")
+    return value
+
+
+def _scalar_text(value, job, field) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise JobDescriptionError(job, field, f"must be a string or a number, got {type(value).__name__}")
+    return str(value)
+
+
+def _string_list(value, job, field, allow_single=False) -> tuple:
+    if allow_single and isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise JobDescriptionError(job, field, f"must be a list, got {type(value).__name__}")
+    return tuple(_scalar_text(v, job, f"{field}[{i}]") for i, v in enumerate(value))
+
+
+def _positive_int(value, job, field, minimum=1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobDescriptionError(job, field, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise JobDescriptionError(job, field, f"must be at least {minimum}, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------- parsing
+def check_job_name(name, job=None) -> str:
+    if not isinstance(name, str) or not name:
+        raise JobDescriptionError(job, "name", "missing or empty job name")
+    if _BAD_NAME_CHARS.search(name):
+        raise JobDescriptionError(name, "name",
+                                  "job name contains invalid characters or unknown variables "
+                                  "(not allowed: whitespace and $ : { } ( ) ' \")")
+    return name
+
+
+def parse_execution(obj, job) -> ExecutionSpec:
+    if obj is None:
+        raise JobDescriptionError(job, "execution", "missing (a job needs 'execution' with 'exec' or 'script')")
+    _check_keys(obj, _EXEC_KEYS, job, "execution")
+    exe, script = obj.get("exec"), obj.get("script")
+    if exe is not None and script is not None:
+        raise JobDescriptionError(job, "execution", "'exec' and 'script' are exclusive: give one of them")
+    if exe is None and script is None:
+        raise JobDescriptionError(job, "execution", "needs 'exec' or 'script'")
+    if script is not None and obj.get("args"):
+        raise JobDescriptionError(job, "execution.args", "'args' goes with 'exec', not with 'script'")
+    fields = {}
+    if exe is not None:
+        fields["exec"] = _string(exe, job, "execution.exec")
+    else:
+        fields["script"] = _string(script, job, "execution.script")
+    if obj.get("args") is not None:
+        fields["args"] = _string_list(obj["args"], job, "execution.args")
+    env = obj.get("env")
+    if env is not None:
+        if not isinstance(env, dict):
+            raise JobDescriptionError(job, "execution.env", "must be an object of NAME: value")
+        fields["env"] = tuple((_string(k, job, "execution.env"), _scalar_text(v, job, f"execution.env.{k}"))
+                              for k, v in env.items())
+    for key in ("wd", "stdin", "stdout", "stderr", "venv"):
+        if obj.get(key) is not None:
+            fields[key] = _string(obj[key], job, f"execution.{key}")
+    if obj.get("modules") is not None:
+        fields["modules"] = _string_list(obj["modules"], job, "execution.modules", allow_single=True)
+    if obj.get("model") is not None:
+        model = _string(obj["model"], job, "execution.model").lower()
+        if model not in MODELS:
+            raise JobDescriptionError(job, "execution.model", f"unknown model {obj['model']!r} (known: {', '.join(MODELS)})")
+        fields["model"] = model
+    opts = obj.get("model_opts")
+    if opts is not None:
+        _check_keys(opts, _MODEL_OPTS_KEYS, job, "execution.model_opts")
+        parsed = []
+        for key, value in opts.items():
+            if key == "mpirun":
+                parsed.append((key, _string(value, job, "execution.model_opts.mpirun")))
+            else:
+                parsed.append((key, _string_list(value, job, f"execution.model_opts.{key}")))
+        fields["model_opts"] = tuple(parsed)
+    fields["templated"] = uses_launch_variables(obj)
+    return ExecutionSpec(**fields)
+
+
+def parse_range(value, job, field) -> Range:
+    if isinstance(value, bool):
+        raise JobDescriptionError(job, field, f"must be an integer or an object, got {value!r}")
+    if isinstance(value, int):
+        return Range(_positive_int(value, job, field), value)
+    _check_keys(value, _RANGE_KEYS, job, field)
+    if "exact" in value:
+        if len(value) > 1:
+            raise JobDescriptionError(job, field, "'exact' excludes 'min', 'max' and 'scheduler'")
+        n = _positive_int(value["exact"], job, f"{field}.exact")
+        return Range(n, n)
+    if not value:
+        raise JobDescriptionError(job, field, "needs 'exact' or 'min'/'max'")
+    lo = _positive_int(value["min"], job, f"{field}.min") if "min" in value else 1
+    hi = _positive_int(value["max"], job, f"{field}.max") if "max" in value else None
+    if hi is not None and hi < lo:
+        raise JobDescriptionError(job, f"{field}.max", f"max ({hi}) is smaller than min ({lo})")
+    sched = value.get("scheduler")
+    if sched is None:
+        return Range(lo, hi)
+    if hi is not None:
+        raise JobDescriptionError(job, f"{field}.max", "an iteration scheduler does not take 'max'")
+    if isinstance(sched, str):
+        sched = {"name": sched}
+    _check_keys(sched, {"name", "params"}, job, f"{field}.scheduler")
+    name = _string(sched.get("name"), job, f"{field}.scheduler.name").lower()
+    if name not in ITERATION_SCHEDULERS:
+        raise JobDescriptionError(job, f"{field}.scheduler.name",
+                                  f"unknown iteration scheduler {name!r} (known: {', '.join(ITERATION_SCHEDULERS)})")
+    params = sched.get("params") or {}
+    _check_keys(params, {"parts"}, job, f"{field}.scheduler.params")
+    if "parts" in params:
+        _positive_int(params["parts"], job, f"{field}.scheduler.params.parts")
+    return Range(lo, None, name, tuple(sorted(params.items())))
+
+
+def parse_resources(obj, job) -> ResourceSpec:
+    if obj is None:
+        return ResourceSpec(cores=Range(1, 1))
+    _check_keys(obj, _RES_KEYS, job, "resources")
+    cores = parse_range(obj["numCores"], job, "resources.numCores") if obj.get("numCores") is not None else None
+    nodes = parse_range(obj["numNodes"], job, "resources.numNodes") if obj.get("numNodes") is not None else None
+    if cores and nodes and cores.scheduler and nodes.scheduler:
+        raise JobDescriptionError(job, "resources", "an iteration scheduler may be set on numCores or numNodes, not both")
+    if cores is None and nodes is None:
+        cores = Range(1, 1)
+    fields = {"cores": cores, "nodes": nodes}
+    if obj.get("wt") is not None:
+        fields["wt"] = parse_walltime(obj["wt"], job)
+        fields["wt_text"] = obj["wt"]
+    crs = obj.get("nodeCrs")
+    if crs is not None:
+        _check_keys(crs, _CRS_KEYS, job, "resources.nodeCrs")
+        if "gpu" in crs:
+            fields["gpus"] = _positive_int(crs["gpu"], job, "resources.nodeCrs.gpu", 0)
+        if "mem" in crs:
+            fields["mem_mb"] = _positive_int(crs["mem"], job, "resources.nodeCrs.mem", 0)
+    if obj.get("tags") is not None:
+        fields["tags"] = _string_list(obj["tags"], job, "resources.tags", allow_single=True)
+    return ResourceSpec(**fields)
+
+
+def parse_iteration(obj, job) -> IterationSpec | None:
+    if obj is None:
+        return None
+    _check_keys(obj, {"start", "stop", "values"}, job, "iteration")
+    if "values" in obj:
+        if "start" in obj or "stop" in obj:
+            raise JobDescriptionError(job, "iteration", "'values' excludes 'start'/'stop'")
+        values = obj["values"]
+        if not isinstance(values, list) or not values:
+            raise JobDescriptionError(job, "iteration.values", "must be a non-empty list")
+        return IterationSpec(0, len(values), tuple(_scalar_text(v, job, f"iteration.values[{i}]")
+                                                   for i, v in enumerate(values)))
+    if "stop" not in obj:
+        raise JobDescriptionError(job, "iteration.stop", "missing (give 'stop', optionally 'start', or 'values')")
+    start = obj.get("start", 0)
+    for key, value in (("start", start), ("stop", obj["stop"])):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise JobDescriptionError(job, f"iteration.{key}", f"must be a non-negative integer, got {value!r}")
+    if obj["stop"] <= start:
+        raise JobDescriptionError(job, "iteration.stop",
+                                  f"stop ({obj['stop']}) must be greater than start ({start})")
+    return IterationSpec(start, obj["stop"])
+
+
+def parse_dependencies(obj, job) -> tuple:
+    if obj is None:
+        return ()
+    _check_keys(obj, {"after"}, job, "dependencies")
+    after = _string_list(obj.get("after", []), job, "dependencies.after", allow_single=True)
+    for i, dep in enumerate(after):
+        if not dep or dep.count(":") > 1:
+            raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed dependency {dep!r} (use 'job', 'job:N' or 'job:${{it}}')")
+        _, sep, it = dep.partition(":")
+        if sep and not (it.isdigit() or it == "${it}"):
+            raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed iteration in dependency {dep!r}")
+    return after
+
+
+def parse_job(obj) -> JobSpec:
+    """Parse one job description (after submit-time variable substitution)."""
+    if not isinstance(obj, dict):
+        raise JobDescriptionError(None, None, f"a job description must be an object, got {type(obj).__name__}")
+    name = obj.get("name")
+    label = name if isinstance(name, str) and name else None
+    _check_keys(obj, _JOB_KEYS, label, "")
+    check_job_name(name, label)
+    if "execution" not in obj:
+        raise JobDescriptionError(name, "execution", "missing (a job needs 'execution' with 'exec' or 'script')")
+    attributes = obj.get("attributes")
+    if attributes is not None and not isinstance(attributes, dict):
+        raise JobDescriptionError(name, "attributes", "must be an object")
+    spec = JobSpec(
+        name=name,
+        execution=parse_execution(obj["execution"], name),
+        resources=parse_resources(obj.get("resources"), name),
+        iteration=parse_iteration(obj.get("iteration"), name),
+        after=parse_dependencies(obj.get("dependencies"), name),
+        attributes=attributes or None,
+    )
+    for dep in spec.after:
+        if "${it}" in dep and spec.iteration is None:
+            raise JobDescriptionError(name, "dependencies.after", f"{dep!r} uses ${{it}} but the job has no iterations")
+    return spec

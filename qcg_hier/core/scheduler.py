@@ -1,0 +1,592 @@
+"""The scheduling core: queue, dependency graph, allocation decisions, state bookkeeping.
+
+Pure: it takes events (submit, executing, finished, cancel, node lost) with the
+time passed in, and returns decisions (tasks to start, tasks to kill) plus a list of
+state-change events in `self.events` for the shells to publish and report.
+
+Queue rules
+-----------
+* FIFO with backfill: the oldest job whose next iteration fits starts first; a later
+  job may start when an earlier one does not fit.
+* No starvation: each time later work starts ahead of the oldest waiting job, that job
+  is "overtaken" once. After `starvation_limit` overtakings (default: the number of
+  cores of the allocation, i.e. about one refill of the machine) it holds a
+  reservation: nothing submitted after it starts until it has started.
+* Ready work is kept in buckets by what it needs (one heap per distinct request), so a
+  scheduling decision looks at one head per bucket, never at the whole queue. A job
+  waiting for dependencies is not in any bucket; it is looked at again only when
+  something it waits for finishes.
+"""
+import heapq
+from collections import deque
+
+from .errors import SubmitError, UnknownJobError
+from .iterschedulers import make_sizer
+from .job import Job, Outcome, Record, Task
+from .states import CODE_OF, STATE_CODES, JobState
+
+Q, SCH, EXE = JobState.QUEUED, JobState.SCHEDULED, JobState.EXECUTING
+OK, FAIL, CANC, OMIT = JobState.SUCCEED, JobState.FAILED, JobState.CANCELED, JobState.OMITTED
+DEP_WINDOW = 1024  # per-iteration dependencies resolved ahead of need, per job
+
+
+class Scheduler:
+    def __init__(self, pool, starvation_limit: int | None = None, record_limit: int = 100_000):
+        self.pool = pool
+        self.starvation_limit = starvation_limit or max(pool.total_cores, 1)
+        self.record_limit = record_limit
+        self.jobs: dict[str, Job] = {}
+        self.tasks: dict[int, Task] = {}
+        self.events: list = []
+        self.emit_progress = True  # non-final state events (SCHEDULED, EXECUTING, re-QUEUED)
+        self.it_counts = dict.fromkeys(JobState, 0)
+        self.job_counts = dict.fromkeys(JobState, 0)
+        self.active_jobs = 0
+        self.reserved: Job | None = None
+        self._buckets: dict = {}  # Request -> heap of (seq, job)
+        self._waiters: dict = {}  # (job name, iteration or None) -> [(job, iteration or None)]
+        self._seq = 0
+        self._tid = 0
+
+    # ================================================================ submit
+    def submit(self, specs: list, now: float) -> list[str]:
+        """Accept a batch of parsed job specs, all or nothing."""
+        self._check_batch(specs)
+        sizers = [self._sizer(spec) for spec in specs]
+        jobs = []
+        for spec, sizer in zip(specs, sizers):
+            self._seq += 1
+            job = Job(spec, self._seq, now)
+            if sizer is not None:
+                job.sizer, job.size_on_nodes = sizer
+            self.jobs[job.name] = job
+            self.it_counts[Q] += job.total
+            self.job_counts[Q] += 1
+            self.active_jobs += 1
+            jobs.append(job)
+        for job in jobs:
+            self._link_dependencies(job, now)
+        return [job.name for job in jobs]
+
+    def _check_batch(self, specs: list) -> None:
+        names = set()
+        for spec in specs:
+            if spec.name in self.jobs or spec.name in names:
+                raise SubmitError(f"Job {spec.name} already exist" if spec.name in self.jobs
+                                  else f"Job {spec.name} given twice in one request")
+            names.add(spec.name)
+            if spec.resources.cores and spec.resources.cores.scheduler or spec.resources.nodes and spec.resources.nodes.scheduler:
+                continue  # checked by the sizer
+            why = self.pool.why_never_fits(spec.resources.request())
+            if why:
+                raise SubmitError(f"Not enough resources for job {spec.name}: {why}")
+        self._check_cycles(specs)
+
+    def _sizer(self, spec):
+        res = spec.resources
+        for rng, on_nodes in ((res.cores, False), (res.nodes, True)):
+            if rng is not None and rng.scheduler:
+                iterations = len(spec.iteration) if spec.iteration else 1
+                available = len(self.pool.alive_nodes) if on_nodes else self.pool.total_cores
+                field = "resources.numNodes" if on_nodes else "resources.numCores"
+                sizer = make_sizer(rng.scheduler, rng.params, iterations, available, rng.min, spec.name, field)
+                return sizer, on_nodes
+        return None
+
+    @staticmethod
+    def _check_cycles(specs: list) -> None:
+        """Only jobs of one request can form a cycle: earlier jobs cannot name later ones."""
+        graph = {s.name: [d.partition(":")[0] for d in s.after] for s in specs}
+        for spec in specs:
+            for dep in spec.after:
+                if dep.partition(":")[0] == spec.name:
+                    raise SubmitError(f"Dependency cycle: job {spec.name} depends on itself ({dep})")
+        state = {}
+
+        def visit(name, path):
+            state[name] = 1
+            for nxt in graph.get(name, ()):
+                if nxt not in graph:
+                    continue
+                if state.get(nxt) == 1:
+                    cycle = path[path.index(nxt):] + [nxt]
+                    raise SubmitError("Dependency cycle: " + " -> ".join(cycle))
+                if nxt not in state:
+                    visit(nxt, path + [nxt])
+            state[name] = 2
+
+        for name in graph:
+            if name not in state:
+                visit(name, [name])
+
+    # ================================================================ dependencies
+    def _dep_status(self, dep: str):
+        """(key, outcome) of one resolved dependency; outcome True, False (never) or None (pending)."""
+        name, sep, it = dep.partition(":")
+        target = self.jobs.get(name)
+        if target is None:
+            return None, f"dependency on unknown job {name}"
+        if not sep:
+            if target.state.is_final:
+                return None, True if target.state is OK else f"dependency {name} ended {target.state}"
+            return (name, None), None
+        index = int(it)
+        if not (target.start <= index < target.stop) or not target.iterative:
+            return None, f"dependency on unknown iteration {dep}"
+        state = target.iteration_state(index)
+        if state.is_final:
+            return None, True if state is OK else f"dependency {dep} ended {state}"
+        target.has_it_waiters = True
+        return (name, index), None
+
+    def _link_dependencies(self, job: Job, now: float) -> None:
+        templates = []
+        for dep in job.spec.after:
+            if "${it}" in dep:
+                templates.append(dep)
+                continue
+            key, outcome = self._dep_status(dep)
+            if isinstance(outcome, str):
+                self._omit_job(job, outcome, now)
+                return
+            if outcome is None:
+                self._waiters.setdefault(key, []).append((job, None))
+                job.pending_deps += 1
+        if templates:
+            job.it_deps = tuple(templates)
+            job.ready = deque()
+            job.it_waits = {}
+        if job.pending_deps == 0:
+            self._release(job, now)
+
+    def _release(self, job: Job, now: float) -> None:
+        """Whole-job dependencies are met: resolve per-iteration ones ahead, then queue."""
+        if job.it_deps:
+            self._scan_iteration_deps(job, now)
+        self._enqueue(job)
+
+    def _scan_iteration_deps(self, job: Job, now: float) -> None:
+        waits = job.it_waits
+        while job.dep_cursor < job.stop and len(waits) < DEP_WINDOW and not job.state.is_final:
+            it = job.dep_cursor
+            job.dep_cursor += 1
+            if job.skip and it in job.skip:
+                continue
+            unmet = 0
+            failure = None
+            for template in job.it_deps:
+                key, outcome = self._dep_status(template.replace("${it}", str(it)))
+                if isinstance(outcome, str):
+                    failure = outcome
+                    break
+                if outcome is None:
+                    self._waiters.setdefault(key, []).append((job, it))
+                    unmet += 1
+            if failure:
+                self._omit_iteration(job, it, failure, now)
+            elif unmet:
+                waits[it] = unmet
+            else:
+                job.ready.append(it)
+
+    def _wake(self, key, success: bool, state: JobState, now: float) -> None:
+        waiters = self._waiters.pop(key, None)
+        if not waiters:
+            return
+        label = key[0] if key[1] is None else f"{key[0]}:{key[1]}"
+        touched = []
+        for job, it in waiters:
+            if job.state.is_final:
+                continue
+            if it is None:
+                if not success:
+                    self._omit_job(job, f"dependency {label} ended {state}", now)
+                    continue
+                job.pending_deps -= 1
+                if job.pending_deps == 0:
+                    self._release(job, now)
+                continue
+            if it not in job.it_waits:
+                continue
+            if success:
+                job.it_waits[it] -= 1
+                if job.it_waits[it] == 0:
+                    del job.it_waits[it]
+                    job.ready.append(it)
+            else:
+                del job.it_waits[it]
+                self._omit_iteration(job, it, f"dependency {label} ended {state}", now)
+            touched.append(job)
+        for job in touched:
+            if not job.state.is_final and job.pending_deps == 0:
+                self._scan_iteration_deps(job, now)
+                self._enqueue(job)
+
+    # ================================================================ queue
+    def _enqueue(self, job: Job) -> None:
+        if job.queued_under is not None or job.state.is_final:
+            return
+        nxt = job.peek()
+        if nxt is None:
+            return
+        req = nxt[1]
+        job.request = job.queued_under = req
+        heap = self._buckets.get(req)
+        if heap is None:
+            heap = self._buckets[req] = []
+        heapq.heappush(heap, (job.seq, job))
+
+    def _head(self, req, heap):
+        """The valid head job of a bucket (drops stale entries), or None."""
+        while heap:
+            job = heap[0][1]
+            if job.queued_under is req and not job.state.is_final:
+                nxt = job.peek()
+                if nxt is not None and nxt[1] is req:
+                    return job
+            heapq.heappop(heap)
+            if job.queued_under is req:
+                job.queued_under = None
+                self._enqueue(job)  # its next iteration may need another bucket
+        return None
+
+    def schedule(self, now: float) -> list[Task]:
+        """Start whatever may start now; returns the new tasks (state SCHEDULED)."""
+        started: list[Task] = []
+        pool = self.pool
+        blocked = set()
+        while pool.free_cores > 0 and self._buckets:
+            best = oldest = None
+            for req, heap in list(self._buckets.items()):
+                job = self._head(req, heap)
+                if job is None:
+                    del self._buckets[req]
+                    continue
+                if oldest is None or job.seq < oldest.seq:
+                    oldest = job
+                if req in blocked or not pool.could_fit_now(req):
+                    continue
+                if best is None or job.seq < best.seq:
+                    best = job
+            if best is None:
+                break
+            if self.reserved is not None and self.reserved is not best:
+                if not self.reserved.state.is_final and self.reserved.queued_under is not None:
+                    break
+                self.reserved = None
+            if best is not oldest and self._overtake(oldest):
+                break
+            if not self._start_run(best, now, started, oldest):
+                blocked.add(best.queued_under)
+        return started
+
+    def _overtake(self, waiting: Job) -> bool:
+        """Count one overtaking of the oldest waiting job; True when it now holds a reservation."""
+        waiting.overtaken += 1
+        if waiting.overtaken >= self.starvation_limit:
+            self.reserved = waiting
+            return True
+        return False
+
+    def _start_run(self, job: Job, now: float, started: list, oldest: Job) -> bool:
+        """Start as many consecutive iterations of `job` with the same request as fit."""
+        req = job.queued_under
+        pool = self.pool
+        count = 0
+        while pool.free_cores > 0:
+            nxt = job.peek()
+            if nxt is None or nxt[1] is not req:
+                break
+            if job is not oldest and count and self._overtake(oldest):
+                break
+            alloc = pool.allocate(req)
+            if alloc is None:
+                break
+            started.append(self._start(job, nxt[0], req, alloc, now))
+            count += 1
+        if count:
+            job.overtaken = 0
+            if self.reserved is job:
+                self.reserved = None
+        return count > 0
+
+    def _start(self, job: Job, it: int, req, alloc, now: float) -> Task:
+        job.pop(it)
+        self._tid += 1
+        history = [(SCH, now)]
+        attempt = 0
+        if job.attempts and it in job.attempts:
+            attempt, earlier = job.attempts.pop(it)
+            history = earlier + history
+        task = Task(self._tid, job, it, alloc, req, attempt, history)
+        job.running[it] = task
+        self.tasks[task.tid] = task
+        counts = self.it_counts
+        counts[Q] -= 1
+        counts[SCH] += 1
+        if not job.iterative:
+            self._job_state(job, SCH, now)
+        elif self.emit_progress:
+            self.events.append(("it", job, it, SCH, None))
+        return task
+
+    def executing(self, tasks, now: float) -> None:
+        """The launch layer has handed these tasks to their agents."""
+        counts = self.it_counts
+        for task in tasks:
+            if task.history[-1][0] is not SCH:
+                continue
+            task.history.append((EXE, now))
+            counts[SCH] -= 1
+            counts[EXE] += 1
+            job = task.job
+            if not job.iterative:
+                self._job_state(job, EXE, now)
+            elif self.emit_progress:
+                self.events.append(("it", job, task.it, EXE, None))
+
+    # ================================================================ finishing
+    def finish(self, tid: int, outcome: Outcome, now: float) -> Task | None:
+        task = self.tasks.pop(tid, None)
+        if task is None:
+            return None  # a late report of a task already re-queued elsewhere
+        job = task.job
+        del job.running[task.it]
+        self.pool.release(task.alloc)
+        was = task.history[-1][0]
+        self.it_counts[was] -= 1
+        if task.cancel or outcome.reason == "canceled":
+            state, message = CANC, "canceled"
+        elif outcome.rc == 0 and not outcome.error:
+            state, message = OK, None
+        else:
+            state, message = FAIL, outcome.error or _exit_message(outcome.rc)
+        task.history.append((state, now))
+        record = Record(state, task.history, task.alloc, outcome, message, task.attempt)
+        if message and state is FAIL:
+            job.add_message(f"{task.label}: {message}" if job.iterative else message)
+        self._iteration_final(job, task.it, state, record, now)
+        return task
+
+    def _iteration_final(self, job: Job, it: int, state: JobState, record, now: float) -> None:
+        job.set_final(it, state)
+        self.it_counts[state] += 1
+        if record is not None and (not job.iterative or len(job.records or ()) < self.record_limit):
+            if job.records is None:
+                job.records = {}
+            job.records[it] = record
+        if job.iterative:
+            self.events.append(("it", job, it, state, record))
+        if job.has_it_waiters:
+            self._wake((job.name, it), state is OK, state, now)
+        if job.finished == job.total:
+            self._job_final(job, now)
+        elif job.queued_under is None:
+            self._enqueue(job)
+
+    def _job_final(self, job: Job, now: float, state: JobState | None = None) -> None:
+        if state is None:
+            if job.counts[CODE_OF[OK]] == job.total:
+                state = OK
+            elif job.cancel_requested:
+                state = CANC
+            elif job.counts[CODE_OF[OMIT]] == job.total:
+                state = OMIT
+            else:
+                state = FAIL
+        self._job_state(job, state, now)
+        self.active_jobs -= 1
+        if self.reserved is job:
+            self.reserved = None
+        self._wake((job.name, None), state is OK, state, now)
+        if self.active_jobs == 0:
+            self.events.append(("idle",))
+
+    def _job_state(self, job: Job, state: JobState, now: float) -> None:
+        self.job_counts[job.state] -= 1
+        self.job_counts[state] += 1
+        job.state = state
+        job.history.append((state, now))
+        if state.is_final or self.emit_progress:
+            self.events.append(("job", job, state))
+
+    def _finish_unstarted(self, job: Job, state: JobState, now: float, only=None) -> None:
+        """Give every not-started iteration (or only iteration `only`) a final state without starting it."""
+        if only is not None:
+            if job.skip is None:
+                job.skip = set()
+            job.skip.add(only)
+            self._final_unstarted(job, only, state, now)
+            return
+        for it in [*(job.requeue or ()), *(job.ready or ()), *(job.it_waits or ())]:
+            self._final_unstarted(job, it, state, now)
+        lo = job.dep_cursor if job.it_deps else job.next_it
+        skipped = [i for i in (job.skip or ()) if i >= lo]
+        count = job.stop - lo - len(skipped)
+        if count > 0:
+            # one slice assignment instead of a Python loop: a 10^7-iteration job cancels at once
+            if job.it_states is None:
+                job.it_states = bytearray(job.total)
+            states = job.it_states
+            kept = [(i, states[i - job.start]) for i in skipped]
+            states[lo - job.start:] = bytes([CODE_OF[state]]) * (job.stop - lo)
+            for i, code in kept:
+                states[i - job.start] = code
+            job.counts[CODE_OF[state]] += count
+            self.it_counts[Q] -= count
+            self.it_counts[state] += count
+            if job.has_it_waiters:
+                for key in [k for k in self._waiters if k[0] == job.name and k[1] is not None and k[1] >= lo]:
+                    self._wake(key, False, state, now)
+        job.next_it = job.dep_cursor = job.stop
+        job.skip = None
+        if job.requeue:
+            job.requeue.clear()
+        if job.ready:
+            job.ready.clear()
+        if job.it_waits:
+            job.it_waits.clear()
+
+    def _final_unstarted(self, job: Job, it: int, state: JobState, now: float) -> None:
+        if it in job.running or job.iteration_state(it).is_final:
+            return
+        if job.it_waits:
+            job.it_waits.pop(it, None)
+        self.it_counts[Q] -= 1
+        job.set_final(it, state)
+        self.it_counts[state] += 1
+        if job.iterative:
+            self.events.append(("it", job, it, state, None))
+        if job.has_it_waiters:
+            self._wake((job.name, it), False, state, now)
+
+    def _omit_job(self, job: Job, reason: str, now: float) -> None:
+        job.add_message(reason)
+        self._finish_unstarted(job, OMIT, now)
+        if not job.running and not job.state.is_final:
+            self._job_final(job, now, OMIT)
+
+    def _omit_iteration(self, job: Job, it: int, reason: str, now: float) -> None:
+        job.add_message(f"{job.name}:{it}: {reason}")
+        self._finish_unstarted(job, OMIT, now, only=it)
+        if job.finished == job.total and not job.state.is_final:
+            self._job_final(job, now)
+
+    # ================================================================ requests
+    def find(self, name: str) -> tuple[Job, int | None]:
+        """A job or an iteration `job:N`; raises UnknownJobError."""
+        base, sep, it = name.partition(":")
+        job = self.jobs.get(base)
+        if job is None:
+            raise UnknownJobError(f"Job '{base}' doesn't exist")
+        if not sep:
+            return job, None
+        if not it.isdigit() or not job.iterative or not (job.start <= int(it) < job.stop):
+            raise UnknownJobError(f"Unknown iteration {it} for job {base}")
+        return job, int(it)
+
+    def cancel(self, name: str, now: float) -> list[Task]:
+        """Cancel a job or one iteration; returns the running tasks to kill. Raises on error."""
+        job, it = self.find(name)
+        if it is None:
+            if job.state.is_final:
+                raise UnknownJobError(f"Job {name} already finished ({job.state})")
+            job.cancel_requested = True
+            self._finish_unstarted(job, CANC, now)
+            kills = [t for t in job.running.values() if not t.cancel]
+            for task in kills:
+                task.cancel = True
+            if not job.running:
+                self._job_final(job, now, CANC)
+            return kills
+        task = job.running.get(it)
+        if task is not None:
+            if task.cancel:
+                return []
+            task.cancel = True
+            return [task]
+        if job.iteration_state(it).is_final:
+            raise UnknownJobError(f"Iteration {name} already finished ({job.iteration_state(it)})")
+        self._finish_unstarted(job, CANC, now, only=it)
+        if job.finished == job.total:
+            job.cancel_requested = True
+            self._job_final(job, now)
+        return []
+
+    def remove(self, name: str) -> None:
+        job = self.jobs.get(name)
+        if job is None:
+            raise UnknownJobError(f"Job '{name}' doesn't exist")
+        if not job.state.is_final:
+            raise UnknownJobError(f"Job '{name}' not finished - can not be removed")
+        del self.jobs[name]
+        job.removed = True
+        self.job_counts[job.state] -= 1
+        for code, n in enumerate(job.counts):
+            self.it_counts[STATE_CODES[code]] -= n
+
+    # ================================================================ failures
+    def node_lost(self, node, now: float) -> list[Task]:
+        """A node died: its tasks go back to the queue (a retry); returns them (to kill any other parts)."""
+        self.pool.mark_lost(node)
+        lost = [t for t in self.tasks.values() if any(share[0] is node for share in t.alloc.shares)]
+        for task in lost:
+            self._requeue(task, now)
+        self._fail_impossible(now)
+        return lost
+
+    def _requeue(self, task: Task, now: float) -> None:
+        del self.tasks[task.tid]
+        job = task.job
+        del job.running[task.it]
+        self.pool.release(task.alloc)
+        self.it_counts[task.history[-1][0]] -= 1
+        self.it_counts[Q] += 1
+        if task.cancel:
+            self._iteration_final(job, task.it, CANC, None, now)
+            return
+        history = task.history + [(Q, now)]
+        if job.attempts is None:
+            job.attempts = {}
+        job.attempts[task.it] = (task.attempt + 1, history)
+        job.requeue_iteration(task.it)
+        if not job.iterative:
+            self._job_state(job, Q, now)
+        elif self.emit_progress:
+            self.events.append(("it", job, task.it, Q, None))
+        if job.queued_under is None:
+            self._enqueue(job)
+
+    def _fail_impossible(self, now: float) -> None:
+        """After losing nodes, queued work that can never fit any more fails."""
+        for job in list(self.jobs.values()):
+            if job.state.is_final or job.sizer is not None:
+                continue
+            why = self.pool.why_never_fits(job.base_request)
+            if why:
+                job.add_message(f"can no longer run: {why}")
+                self._finish_unstarted(job, FAIL, now)
+                if not job.running and not job.state.is_final:
+                    self._job_final(job, now, FAIL)
+
+    # ================================================================ queries
+    def all_finished(self) -> bool:
+        return self.active_jobs == 0
+
+    def drain_events(self) -> list:
+        events, self.events = self.events, []
+        return events
+
+
+def _exit_message(rc) -> str:
+    if rc is None:
+        return "not started"
+    if rc < 0:
+        import signal
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"killed by signal {-rc} ({name})"
+    return f"exit code {rc}"
+

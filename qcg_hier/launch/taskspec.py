@@ -1,0 +1,115 @@
+"""What the agent needs to start one task: argv, environment delta, wd, streams, CPUs, wall time.
+
+Built from the job's execution spec, its allocation and the launch-time variables.
+No full environment is sent: only the variables that differ from the agent's base.
+"""
+import os
+import shlex
+
+from ..core.variables import substitute
+
+BASH = "/bin/bash"
+
+
+class TaskContext:
+    """What is the same for every task of this manager."""
+
+    def __init__(self, root_wd: str, step_prefix: str, base_env: dict, cpu_maps: dict, binding: bool):
+        self.root_wd = root_wd
+        self.step_prefix = step_prefix
+        self.base_env = base_env  # extra variables every task gets (e.g. QCG_PM_ZMQ_ADDRESS)
+        self.cpu_maps = cpu_maps  # node name -> list of OS CPU ids that slot i maps onto (i % len)
+        self.binding = binding
+
+
+def _launch_values(task, ctx: TaskContext) -> dict:
+    job = task.job
+    shares = task.alloc.shares
+    it = task.it
+    return {
+        "root_wd": ctx.root_wd,
+        "ncores": sum(len(s[1]) for s in shares),
+        "nnodes": len(shares),
+        "nlist": ",".join(s[0].name for s in shares),
+        "it": it if job.iterative else "",
+        "itval": job.spec.iteration.value(it) if job.iterative else "",
+    }
+
+
+def _command(ex, subst) -> list[str]:
+    """argv of the task: the program itself, or bash for scripts, modules and venvs."""
+    prefix = []
+    if ex.modules:
+        prefix.append("module load " + " ".join(shlex.quote(subst(m)) for m in ex.modules))
+    if ex.venv:
+        prefix.append(f"source {shlex.quote(os.path.join(subst(ex.venv), 'bin', 'activate'))}")
+    # a login shell costs ~100 ms of CPU: only `module` needs one (it comes from /etc/profile.d)
+    shell = [BASH, "-l", "-c"] if ex.modules else [BASH, "-c"]
+    if ex.script is not None:
+        if not prefix:
+            return shell + [subst(ex.script)]
+        return shell + [" && ".join(prefix) + " && {\n" + subst(ex.script) + "\n}"]
+    argv = [subst(ex.exec), *(subst(a) for a in ex.args)]
+    if not prefix:
+        return argv
+    # the program and its args travel as "$@": no quoting problems
+    return shell + [" && ".join(prefix) + ' && exec "$@"', "qcg-task", *argv]
+
+
+def build(task, ctx: TaskContext) -> dict:
+    job = task.job
+    ex = job.spec.execution
+    if ex.templated:
+        values = _launch_values(task, ctx)
+        subst = lambda text: substitute(text, values, launch=True)  # noqa: E731
+    else:
+        subst = _identity
+    wd = os.path.join(ctx.root_wd, subst(ex.wd)) if ex.wd else ctx.root_wd
+    shares = task.alloc.shares
+    ncores = sum(len(s[1]) for s in shares)
+    env = dict(ctx.base_env)
+    env.update({
+        "QCG_PM_NNODES": str(len(shares)),
+        "QCG_PM_NODELIST": ",".join(s[0].name for s in shares),
+        "QCG_PM_NPROCS": str(ncores),
+        "QCG_PM_NTASKS": str(ncores),
+        "QCG_PM_STEP_ID": f"{ctx.step_prefix}{task.tid:x}",
+        "QCG_PM_TASKS_PER_NODE": ",".join(str(len(s[1])) for s in shares),
+    })
+    gpus = [g for s in shares for g in s[2]]
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus)) if gpus else None
+    cpus = None
+    if ctx.binding:
+        cpus = _cpus(shares[0], ctx)
+        if cpus and ncores > 1:
+            env["QCG_PM_CPU_SET"] = ",".join(map(str, cpus))
+    if job.iterative:
+        env["QCG_PM_ITERATION"] = str(task.it)
+    for name, value in ex.env:
+        env[name] = subst(value)
+    spec = {"argv": _command(ex, subst), "env": env, "wd": wd}
+    for stream in ("stdin", "stdout", "stderr"):
+        path = getattr(ex, stream)
+        if path:
+            spec[stream] = os.path.join(wd, subst(path))
+    if cpus:
+        spec["cpus"] = cpus
+    if job.spec.resources.wt:
+        spec["wt"] = job.spec.resources.wt
+    return spec
+
+
+def _cpus(share, ctx: TaskContext) -> list[int] | None:
+    """OS CPUs of the first node's slots; more slots than CPUs wrap around the CPUs that exist."""
+    cpu_map = ctx.cpu_maps.get(share[0].name)
+    if not cpu_map:
+        return None
+    return sorted({cpu_map[slot % len(cpu_map)] for slot in share[1]})
+
+
+def _identity(text):
+    return text
+
+
+def program_name(spec: dict) -> str:
+    return os.path.basename(spec["argv"][0])

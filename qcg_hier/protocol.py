@@ -1,0 +1,34 @@
+"""Every message that crosses a process boundary, encoded in one place.
+
+* Requests/responses: upstream QCG-PilotJob's envelope `{"code": 0|1, "message"?, "data"?}`.
+* Manager <-> node agent: one frame per batch, an orjson array of messages, each an
+  array whose first element is its kind (see agents/agent.py for the full list):
+  manager -> agent: ["env", {...}], ["run", tid, spec], ["cancel", tid, grace], ["ping", x], ["exit"]
+  agent -> manager: ["ready", {...}], ["done", tid, pid, rc, start, end, cpu, maxrss_kb, reason, error],
+                    ["pong", x], ["hb", t], ["bye", node]
+"""
+import orjson
+
+OK_CODE = 0
+ERROR_CODE = 1
+
+
+def ok(data=None, message: str | None = None) -> dict:
+    out = {"code": OK_CODE}
+    if message is not None:
+        out["message"] = message
+    if data is not None:
+        out["data"] = data
+    return out
+
+
+def error(message: str) -> dict:
+    return {"code": ERROR_CODE, "message": message}
+
+
+def encode(obj) -> bytes:
+    return orjson.dumps(obj)
+
+
+def decode(raw: bytes | str):
+    return orjson.loads(raw)

@@ -1,0 +1,58 @@
+"""The batch file interface: a JSON list of requests, handled in order; replies go to service.log."""
+import asyncio
+import logging
+
+import orjson
+
+log = logging.getLogger("qcg_hier")
+
+
+class BatchFileError(Exception):
+    pass
+
+
+def load_requests(path) -> list:
+    try:
+        with open(path, "rb") as f:
+            data = orjson.loads(f.read())
+    except FileNotFoundError:
+        raise BatchFileError(f"request file {path} does not exist") from None
+    except orjson.JSONDecodeError as exc:
+        raise BatchFileError(f"request file {path} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise BatchFileError(f"cannot read request file {path}: {exc}") from None
+    if not isinstance(data, list):
+        raise BatchFileError(f"request file {path} must hold a JSON list of requests, got {type(data).__name__}")
+    return data
+
+
+class FileInterface:
+    name = "FILE"
+
+    def __init__(self, path):
+        self.path = path
+        self.finished = False
+        self.failed = False
+
+    async def run(self, service) -> None:
+        try:
+            requests = load_requests(self.path)
+        except BatchFileError as exc:
+            log.error("%s", exc)
+            print(f"qcg-pm-service: error: {exc}", flush=True)
+            self.failed = True
+            requests = []
+        for index, request in enumerate(requests):
+            response = service.handle(request)
+            log.info("file request %d (%s): %s", index + 1,
+                     request.get("request") if isinstance(request, dict) else type(request).__name__,
+                     orjson.dumps(response).decode())
+            if response.get("code"):
+                log.error("file request %d failed: %s", index + 1, response.get("message"))
+            if index % 50 == 49:
+                await asyncio.sleep(0)  # let tasks start and exits be handled meanwhile
+        self.finished = True
+        service.interface_finished()
+
+    async def close(self) -> None:
+        pass

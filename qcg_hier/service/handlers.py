@@ -1,0 +1,257 @@
+"""Request handlers: one function per upstream request name, same envelope and fields.
+
+Each takes the request dict and returns the response dict; errors become
+`{"code": 1, "message": ...}` and never stop the service.
+"""
+import getpass
+import os
+import platform
+import socket
+import sys
+import uuid
+from datetime import datetime
+
+from .. import protocol
+from ..core.errors import CoreError, JobDescriptionError, SubmitError, UnknownJobError
+from ..core.jobdesc import parse_job
+from ..core.states import FINAL_STATES, JobState
+from ..core.variables import substitute_tree
+
+FINISH_CONTROL = "finishAfterAllTasksDone"
+
+
+class RequestError(Exception):
+    """A malformed request: answered with `Invalid request: ...`."""
+
+
+def _names(req: dict) -> list[str]:
+    names = req.get("jobNames")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise RequestError("'jobNames' must be a non-empty list of job names")
+    return names
+
+
+def _history_text(history) -> str:
+    return "".join(f"\n{datetime.fromtimestamp(t)}: {state.value}" for state, t in history)
+
+
+class Handlers:
+    def __init__(self, service):
+        self.s = service  # the manager service: core, launcher, flags
+        self._rcnt = 0
+
+    def handle(self, req) -> dict:
+        if not isinstance(req, dict) or not isinstance(req.get("request"), str):
+            return protocol.error("Invalid request: Invalid request")
+        name = req["request"]
+        handler = getattr(self, f"r_{name}", None)
+        if handler is None:
+            return protocol.error(f"Invalid request: Unknown request name: {name}")
+        try:
+            return handler(req)
+        except RequestError as exc:
+            return protocol.error(f"Invalid request: {exc}")
+        except CoreError as exc:
+            return protocol.error(str(exc))
+
+    # ------------------------------------------------------------ submit
+    def r_submit(self, req: dict) -> dict:
+        jobs = req.get("jobs")
+        if not isinstance(jobs, list) or not jobs:
+            raise RequestError("'jobs' must be a non-empty list of job descriptions")
+        if self.s.finishing:
+            return protocol.error("Service is finishing: no more jobs accepted")
+        self._rcnt += 1
+        now = datetime.now()
+        values = {"rcnt": self._rcnt, "uniq": uuid.uuid4(), "sname": "local", "date": str(now.date()),
+                  "time": str(now.time()), "dateTime": str(now)}
+        specs = []
+        try:
+            for desc in jobs:
+                if not isinstance(desc, dict):
+                    raise JobDescriptionError(None, None, f"a job description must be an object, got {type(desc).__name__}")
+                name = desc.get("name")
+                if isinstance(name, str) and "$" in name:
+                    name = substitute_tree(name, values)
+                values["jname"] = name
+                specs.append(parse_job(substitute_tree(desc, values) if _has_dollar(desc) else desc))
+            names = self.s.submit(specs)
+        except (JobDescriptionError, SubmitError) as exc:
+            return protocol.error(f"Wrong submit request: {exc}" if isinstance(exc, JobDescriptionError) else str(exc))
+        return protocol.ok({"submitted": len(names), "jobs": names}, f"{len(names)} jobs submitted")
+
+    # ------------------------------------------------------------ queries
+    def r_listJobs(self, req: dict) -> dict:
+        jobs = {}
+        for name, job in self.s.core.jobs.items():
+            entry = {"status": job.state.value}
+            if not job.state.is_final:
+                entry["inQueue"] = 1 if job.queued_under is not None else 0
+            if job.messages:
+                entry["messages"] = "; ".join(job.messages)
+            jobs[name] = entry
+        return protocol.ok({"length": len(jobs), "jobs": jobs})
+
+    def r_jobStatus(self, req: dict) -> dict:
+        out = {}
+        for name in _names(req):
+            try:
+                job, it = self.s.core.find(name)
+            except UnknownJobError as exc:
+                out[name] = {"status": 1, "message": str(exc)}
+                continue
+            state = job.state if it is None else job.iteration_state(it)
+            out[name] = {"status": 0, "data": {"jobName": name, "status": state.value}}
+        return protocol.ok({"jobs": out})
+
+    def r_jobInfo(self, req: dict) -> dict:
+        params = req.get("params") or {}
+        if not isinstance(params, dict):
+            raise RequestError("'params' must be an object")
+        with_childs = bool(params.get("withChilds"))
+        out = {}
+        for name in _names(req):
+            try:
+                job, it = self.s.core.find(name)
+            except UnknownJobError as exc:
+                out[name] = {"status": 1, "message": str(exc)}
+                continue
+            out[name] = {"status": 0, "data": self._job_info(name, job, it, with_childs)}
+        return protocol.ok({"jobs": out})
+
+    def _job_info(self, name, job, it, with_childs) -> dict:
+        if it is not None:
+            record = job.records.get(it) if job.records else None
+            data = {"jobName": name, "status": job.iteration_state(it).value}
+            task = job.running.get(it)
+            if record is not None:
+                data["runtime"] = record.runtime()
+                data["history"] = _history_text(record.history)
+            elif task is not None:
+                data["runtime"] = {"allocation": task.alloc.describe()}
+                data["history"] = _history_text(task.history)
+            return data
+        data = {"jobName": name, "status": job.state.value}
+        if job.iterative:
+            failed = sum(job.counts[i] for i, st in enumerate(JobState) if st in FINAL_STATES and st is not JobState.SUCCEED)
+            data["iterations"] = {"start": job.start, "stop": job.stop, "total": job.total,
+                                  "finished": job.finished, "failed": failed}
+            if with_childs:
+                data["childs"] = self._childs(job)
+        else:
+            record = job.records.get(job.start) if job.records else None
+            task = job.running.get(job.start)
+            if record is not None:
+                data["runtime"] = record.runtime()
+            elif task is not None:
+                data["runtime"] = {"allocation": task.alloc.describe()}
+        data["history"] = _history_text(job.history)
+        if job.messages:
+            data["messages"] = "; ".join(job.messages)
+        return data
+
+    def _childs(self, job, limit: int = 100_000) -> list:
+        childs = []
+        for it in range(job.start, min(job.stop, job.start + limit)):
+            child = {"iteration": it, "state": job.iteration_state(it).value}
+            record = job.records.get(it) if job.records else None
+            task = job.running.get(it)
+            if record is not None:
+                child["runtime"] = record.runtime()
+                if record.message:
+                    child["messages"] = record.message
+            elif task is not None:
+                child["runtime"] = {"allocation": task.alloc.describe()}
+            childs.append(child)
+        return childs
+
+    def r_resourcesInfo(self, req: dict) -> dict:
+        pool = self.s.core.pool
+        return protocol.ok({"total_nodes": len(pool.alive_nodes), "total_cores": pool.total_cores,
+                            "used_cores": pool.used_cores, "free_cores": pool.free_cores})
+
+    def r_status(self, req: dict) -> dict:
+        options = req.get("options") or {}
+        if not isinstance(options, dict):
+            raise RequestError("'options' must be an object")
+        if options.get("allJobsFinished"):
+            return protocol.ok({"AllJobsFinished": self.s.core.all_finished()})
+        return protocol.ok(self.s.status())
+
+    # ------------------------------------------------------------ changes
+    def r_cancelJob(self, req: dict) -> dict:
+        canceled, errors = 0, {}
+        for name in _names(req):
+            try:
+                self.s.cancel(name)
+                canceled += 1
+            except UnknownJobError as exc:
+                errors[name] = str(exc)
+        data = {"canceled": canceled}
+        if errors:
+            data["errors"] = errors
+        return protocol.ok(data)
+
+    def r_removeJob(self, req: dict) -> dict:
+        removed, errors = 0, {}
+        for name in _names(req):
+            try:
+                self.s.core.remove(name)
+                removed += 1
+            except UnknownJobError as exc:
+                errors[name] = str(exc)
+        data = {"removed": removed}
+        if errors:
+            data["errors"] = errors
+        return protocol.ok(data)
+
+    def r_control(self, req: dict) -> dict:
+        command = req.get("command")
+        if command != FINISH_CONTROL:
+            raise RequestError(f'Wrong control request - unknown command "{command}"')
+        if self.s.finishing:
+            return protocol.error("Finish request already requested")
+        self.s.finish_after_all()
+        return protocol.ok(message=f"{FINISH_CONTROL} command accepted")
+
+    def r_finish(self, req: dict) -> dict:
+        if self.s.finishing:
+            return protocol.error("Finish request already requested")
+        self.s.finish_after_all()
+        return protocol.ok({"when": "0s"})
+
+    def r_register(self, req: dict) -> dict:
+        return protocol.error("Register manager request not supported in this kind of manager (direct)")
+
+    def r_notify(self, req: dict) -> dict:
+        return protocol.error("Operation not supported")
+
+
+def _has_dollar(obj) -> bool:
+    if isinstance(obj, str):
+        return "$" in obj
+    if isinstance(obj, dict):
+        return any(_has_dollar(v) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_has_dollar(v) for v in obj)
+    return False
+
+
+def system_info(service) -> dict:
+    now = datetime.now()
+    return {
+        "InstanceId": service.instance_id,
+        "Started": str(datetime.fromtimestamp(service.started)),
+        "Generated": str(now),
+        "Uptime": str(now - datetime.fromtimestamp(service.started)),
+        "Zmqaddress": service.zmq_address,
+        "Ifaces": service.interface_names,
+        "StatusPublisher": service.pub_address,
+        "Host": socket.gethostname(),
+        "Account": getpass.getuser(),
+        "Wd": str(service.wd),
+        "PythonVersion": sys.version.replace("\n", " "),
+        "Python": sys.executable,
+        "Platform": platform.system().lower() if sys.platform.startswith("linux") else sys.platform,
+        "Pid": os.getpid(),
+    }

@@ -1,0 +1,214 @@
+"""The manager service: the scheduling core driven by interfaces and a launcher.
+
+Everything runs on one asyncio loop. Work is coalesced: many events (submits,
+batches of task exits) lead to one scheduling pass, which hands all new tasks to
+the launcher in one batch per agent.
+"""
+import asyncio
+import logging
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from ..core.job import Outcome
+from ..core.resources import ResourcePool
+from ..core.scheduler import Scheduler
+from ..core.states import JobState
+from ..launch.launcher import AgentLauncher, Callbacks, FakeLauncher
+from ..launch.taskspec import TaskContext
+from . import reports
+from .handlers import Handlers, system_info
+from .servicedir import write_final_status
+
+log = logging.getLogger("qcg_hier")
+CANCEL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled task, as upstream
+FAKE_BATCH = 20_000  # fake launches per loop turn, so requests are still served meanwhile
+
+
+class ManagerService:
+    def __init__(self, config, nodes, service_dir: Path, instance_id: str):
+        self.config = config
+        self.instance_id = instance_id
+        self.service_dir = service_dir
+        self.wd = Path(config.wd).resolve()
+        self.started = time.time()
+        self.pool = ResourcePool(nodes)
+        if config.system_core and self.pool.nodes:
+            self.pool._take(self.pool.nodes[0], 1)  # one slot for the service itself
+        self.core = Scheduler(self.pool)
+        self.handlers = Handlers(self)
+        self.report = reports.ReportWriter(service_dir / config.report_file, config.report_format)
+        self.interfaces = []
+        self.interface_names = []
+        self.zmq_address = None
+        self.pub_address = None
+        self.finishing = False
+        self.progress = None
+        self._pass_pending = False
+        self._done = asyncio.Event()
+        self._loop = None
+        callbacks = Callbacks(self._kick, self._on_finished, self._on_node_lost)
+        if config.fake_launch:
+            self.launcher = FakeLauncher(callbacks)
+        else:
+            ctx = TaskContext(str(self.wd), uuid.uuid4().hex[:12], {}, {}, binding=True)
+            routes = {node.name: "local" for node in self.pool.nodes}
+            self.launcher = AgentLauncher(callbacks, ctx, service_dir, routes)
+
+    # ------------------------------------------------------------ lifecycle
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+        await self.launcher.start()
+        runners = [asyncio.ensure_future(iface.run(self)) for iface in self.interfaces]
+        flusher = asyncio.ensure_future(self._flush_periodically())
+        if self.progress:
+            self.progress.start(self)
+        await self._done.wait()
+        for runner in runners:
+            runner.cancel()
+        flusher.cancel()
+        await self.shutdown()
+        return 0
+
+    async def shutdown(self) -> None:
+        if self.progress:
+            self.progress.stop()
+        for iface in self.interfaces:
+            await iface.close()
+        await self.launcher.stop()
+        self._process_events()
+        self.report.close()
+        write_final_status(self.service_dir, self.status(final=True))
+        log.info("service %s finished", self.instance_id)
+
+    def _on_signal(self, sig) -> None:
+        log.warning("signal %s: stopping, killing every running task", signal.Signals(sig).name)
+        now = time.time()
+        for name, job in list(self.core.jobs.items()):
+            if not job.state.is_final:
+                try:
+                    self.core.cancel(name, now)
+                except Exception:
+                    pass
+        self._done.set()
+
+    def interface_finished(self) -> None:
+        """An interface has no more requests (e.g. the batch file was read to the end)."""
+        self._check_done()
+
+    def finish_after_all(self) -> None:
+        self.finishing = True
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self._done.is_set():
+            return
+        interfaces_done = all(iface.finished for iface in self.interfaces)
+        if (self.finishing or interfaces_done) and self.core.all_finished() and not self.core.tasks:
+            self._done.set()
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.report.flush()
+
+    # ------------------------------------------------------------ requests
+    def handle(self, request) -> dict:
+        response = self.handlers.handle(request)
+        self._kick()
+        return response
+
+    def submit(self, specs) -> list[str]:
+        names = self.core.submit(specs, time.time())
+        self._process_events()
+        return names
+
+    def cancel(self, name: str) -> None:
+        for task in self.core.cancel(name, time.time()):
+            self.launcher.cancel(task, CANCEL_GRACE)
+        self._process_events()
+        self._check_done()
+
+    # ------------------------------------------------------------ scheduling
+    def _kick(self) -> None:
+        if not self._pass_pending and self._loop is not None:
+            self._pass_pending = True
+            self._loop.call_soon(self._schedule_pass)
+
+    def _schedule_pass(self) -> None:
+        self._pass_pending = False
+        if not self.launcher.ready:
+            return
+        now = time.time()
+        core = self.core
+        started = core.schedule(now)
+        if started:
+            if self.config.fake_launch:
+                # fake tasks finish inside launch(): mark them executing first
+                core.executing(started, now)
+                self.launcher.launch(started, now)
+            else:
+                self.launcher.launch(started, now)
+                core.executing(started, now)
+        self._process_events()
+        self._check_done()
+
+    def _on_finished(self, finished) -> None:
+        now = time.time()
+        finish = self.core.finish
+        for tid, outcome in finished:
+            finish(tid, outcome, now)
+        self._kick()
+
+    def _on_node_lost(self, node_name: str) -> None:
+        node = self.pool.by_name.get(node_name)
+        if node is None:
+            return
+        lost = self.core.node_lost(node, time.time())
+        log.error("node %s lost: %d running tasks re-queued", node_name, len(lost))
+        self._process_events()
+        self._kick()
+
+    def _process_events(self) -> None:
+        events = self.core.drain_events()
+        if not events:
+            return
+        report = self.report
+        progress = self.progress
+        for event in events:
+            kind = event[0]
+            if kind == "it":
+                _, job, it, state, record = event
+                if state.is_final:
+                    report.add(reports.iteration_entry(job, it, state, record))
+            elif kind == "job":
+                _, job, state = event
+                if state.is_final:
+                    report.add(reports.job_entry(job))
+        if progress:
+            progress.update(self)
+
+    # ------------------------------------------------------------ status
+    def status(self, final: bool = False) -> dict:
+        pool = self.pool
+        jc, ic = self.core.job_counts, self.core.it_counts
+
+        def stats(counts, prefix):
+            in_schedule = counts[JobState.QUEUED] + counts[JobState.SCHEDULED]
+            return {f"Total{prefix}": sum(counts.values()), f"InSchedule{prefix}": in_schedule,
+                    f"Failed{prefix}": counts[JobState.FAILED] + counts[JobState.OMITTED],
+                    f"Finished{prefix}": counts[JobState.SUCCEED] + counts[JobState.CANCELED],
+                    f"Executing{prefix}": counts[JobState.EXECUTING]}
+
+        system = system_info(self)
+        if final:
+            system["StatusPublisher"] = None
+        return {"System": system,
+                "Resources": {"TotalNodes": len(pool.alive_nodes), "TotalCores": pool.total_cores,
+                              "UsedCores": pool.used_cores, "FreeCores": pool.free_cores},
+                "JobStats": stats(jc, "Jobs"), "IterationStats": stats(ic, "Iterations"),
+                "States": {state.value: n for state, n in ic.items()}}

@@ -1,0 +1,79 @@
+"""`jobs.report`: one entry per finished iteration and per finished job, written in batches."""
+from datetime import datetime
+
+import orjson
+
+from ..core.job import Job, Record
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t).isoformat()
+
+
+def _history(history) -> list:
+    return [{"state": state.value, "date": iso(t)} for state, t in history]
+
+
+def iteration_entry(job: Job, it: int, state, record: Record | None) -> dict:
+    entry = {"name": f"{job.name}:{it}", "state": state.value,
+             "history": _history(record.history) if record else [],
+             "runtime": record.runtime() if record else {}}
+    if record is not None and record.message:
+        entry["messages"] = record.message
+    return entry
+
+
+def job_entry(job: Job) -> dict:
+    record = job.records.get(job.start) if (job.records and not job.iterative) else None
+    entry = {"name": job.name, "state": job.state.value, "history": _history(job.history),
+             "runtime": record.runtime() if record else {}}
+    spec = job.spec.to_dict()
+    entry["execution"] = spec["execution"]
+    entry["resources"] = spec["resources"]
+    if "dependencies" in spec:
+        entry["dependencies"] = spec["dependencies"]
+    if "iteration" in spec:
+        entry["iteration"] = spec["iteration"]
+    if job.messages:
+        entry["messages"] = "; ".join(job.messages)
+    return entry
+
+
+def _text(entry: dict) -> str:
+    lines = [f"{entry['name']} ({entry['state']})" + (f" {entry['messages']}" if entry.get("messages") else "")]
+    lines += [f"\t{h['date']}: {h['state']}" for h in entry["history"]]
+    lines += [f"\t{k}: {v}" for k, v in entry["runtime"].items()]
+    return "\n".join(lines) + "\n"
+
+
+class ReportWriter:
+    """Buffers entries and appends them to the report file in batches (never per event)."""
+
+    def __init__(self, path, fmt: str = "json", batch: int = 2000):
+        self.path = path
+        self.format = fmt
+        self.batch = batch
+        self._buffer: list[bytes] = []
+        self._file = open(path, "ab") if fmt != "none" else None
+
+    def add(self, entry: dict) -> None:
+        if self._file is None:
+            return
+        if self.format == "json":
+            self._buffer.append(orjson.dumps(entry) + b"\n")
+        else:
+            self._buffer.append(_text(entry).encode())
+        if len(self._buffer) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer and self._file is not None:
+            self._file.write(b"".join(self._buffer))
+            self._file.flush()
+            self._buffer.clear()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None

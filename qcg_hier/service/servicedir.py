@@ -1,0 +1,47 @@
+"""The service directory `<wd>/.qcgpjm-service-<id>/`: logs, address, final status."""
+import logging
+import os
+import socket
+from pathlib import Path
+
+import orjson
+
+SERVICE_DIR_PREFIX = ".qcgpjm-service-"
+LOG_FORMAT = "%(asctime)-15s: %(message)s"
+
+
+def default_instance_id() -> str:
+    return f"{socket.gethostname()}.{os.getpid()}"
+
+
+def make_service_dir(wd: Path, instance_id: str) -> Path:
+    path = wd / f"{SERVICE_DIR_PREFIX}{instance_id}"
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # holds the instance's credentials
+    return path
+
+
+def setup_logging(service_dir: Path, level: str) -> logging.Logger:
+    logger = logging.getLogger("qcg_hier")
+    logger.handlers.clear()
+    handler = logging.FileHandler(service_dir / "service.log", mode="a", delay=False)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger.addHandler(handler)
+    logger.setLevel(getattr(logging, level.upper(), logging.INFO))
+    logger.propagate = False
+    return logger
+
+
+def write_final_status(service_dir: Path, status: dict) -> None:
+    tmp = service_dir / "final_status.json.tmp"
+    tmp.write_bytes(orjson.dumps(status, option=orjson.OPT_INDENT_2))
+    tmp.replace(service_dir / "final_status.json")
+
+
+def find_service_dirs(path: Path) -> list[Path]:
+    """Service directories under a working directory (or the path itself), newest first."""
+    path = Path(path)
+    if path.name.startswith(SERVICE_DIR_PREFIX) and path.is_dir():
+        return [path]
+    dirs = [p for p in path.glob(f"{SERVICE_DIR_PREFIX}*") if p.is_dir()]
+    return sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)
