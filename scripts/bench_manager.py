@@ -176,11 +176,11 @@ class Bench:
         return self.mem_baseline
 
     def _mem_details(self, run: bl.ServiceRun, base: bl.ServiceRun, note: str) -> str:
-        t_peak = max(run.samples, key=lambda s: s.rss).t if run.samples else float("nan")
+        t_peak = run.peak_time
         return (f"peak RSS service {bl.fmt_bytes(run.peak_rss)} (baseline "
                 f"{bl.fmt_bytes(base.peak_rss)}), reached at {t_peak:.2f} s; process tree peak "
                 f"{bl.fmt_bytes(run.peak_tree_rss)} (baseline {bl.fmt_bytes(base.peak_tree_rss)}); "
-                f"{note}; {len(run.samples)} samples")
+                f"{note}; {len(run.window())} samples")
 
     def case_mem20k(self) -> None:
         n = self.sizes["mem_jobs"]

@@ -415,13 +415,26 @@ class ServiceRun:
     def total_cpu(self) -> float:
         return self.total_user + self.total_sys
 
+    def window(self) -> list:
+        """The samples that count: those taken before ``marks['window_end']``
+        (set by a stopper, e.g. when the gate job ended), else all."""
+        end = self.marks.get("window_end")
+        if end is None:
+            return self.samples
+        return [s for s in self.samples if s.t < end]
+
     @property
     def peak_rss(self) -> int:
-        return max((s.rss for s in self.samples), default=0)
+        return max((s.rss for s in self.window()), default=0)
 
     @property
     def peak_tree_rss(self) -> int:
-        return max((s.tree_rss for s in self.samples), default=0)
+        return max((s.tree_rss for s in self.window()), default=0)
+
+    @property
+    def peak_time(self) -> float:
+        w = self.window()
+        return max(w, key=lambda s: s.rss).t if w else float("nan")
 
     def output_tail(self, lines: int = 15) -> str:
         try:
@@ -533,6 +546,8 @@ def run_service(
                         if r:
                             tree_rss += r
             s = Sample(now - t0, rss, tree_rss, len(kids))
+            if run.killed:
+                break           # being stopped: later samples do not count
             if sample_interval:
                 run.samples.append(s)
             if stopper is not None and not run.killed:
@@ -613,7 +628,10 @@ def gate_stopper(gate_arg: str, cap: float, linger: float = 0.0) -> Stopper:
             except psutil.Error:
                 alive = False
             if not alive and "gate_end" not in run.marks:
+                # the gate was seen alive in the previous sample: samples
+                # from this one on may include jobs released by it
                 run.marks["gate_end"] = s.t
+                run.marks["window_end"] = s.t
             if "gate_end" in run.marks and s.t - run.marks["gate_end"] >= linger:
                 return "gate finished"
         if s.t >= cap:

@@ -130,7 +130,7 @@ class ExecutionSpec:
             out["modules"] = list(self.modules)
         if self.model != "default":
             out["model"] = self.model
-        out["model_opts"] = dict(self.model_opts)
+        out["model_opts"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_opts}
         return out
 
 
@@ -365,7 +365,9 @@ def parse_dependencies(obj, job) -> tuple:
     for i, dep in enumerate(after):
         if not dep or dep.count(":") > 1:
             raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed dependency {dep!r} (use 'job', 'job:N' or 'job:${{it}}')")
-        _, sep, it = dep.partition(":")
+        target, sep, it = dep.partition(":")
+        if not target:
+            raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed dependency {dep!r} (no job name)")
         if sep and not (it.isdigit() or it == "${it}"):
             raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed iteration in dependency {dep!r}")
     return after

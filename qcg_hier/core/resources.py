@@ -157,8 +157,11 @@ class ResourcePool:
     def _take(self, node: Node, count: int, gpus: int = 0, mem: int = 0) -> Share:
         self._unindex(node)
         free = node.free
-        slots = free[-count:][::-1] if count else []
-        del free[len(free) - count:]
+        if count == 1:
+            slots = [free.pop()]
+        else:
+            slots = free[-count:][::-1] if count else []
+            del free[len(free) - count:]
         gpu_ids = ()
         if gpus:
             gpu_ids = tuple(node.free_gpus[-gpus:][::-1])
@@ -225,7 +228,10 @@ class ResourcePool:
             if not node.alive:
                 continue
             self._unindex(node)
-            node.free.extend(reversed(slots))
+            if len(slots) == 1:
+                node.free.append(slots[0])
+            else:
+                node.free.extend(reversed(slots))
             if gpu_ids:
                 node.free_gpus.extend(reversed(gpu_ids))
             node.free_mem += mem

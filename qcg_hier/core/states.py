@@ -11,15 +11,17 @@ class JobState(str, Enum):
     CANCELED = "CANCELED"
     OMITTED = "OMITTED"
 
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATES
+    # Enum's own __hash__ is Python code; states key hot counters, so hash as the str does
+    __hash__ = str.__hash__
 
     def __str__(self) -> str:  # so f-strings give the wire name
-        return self.value
+        return self._value_
 
 
 FINAL_STATES = frozenset({JobState.SUCCEED, JobState.FAILED, JobState.CANCELED, JobState.OMITTED})
+for _state in JobState:
+    # a plain attribute, not a property: read on every state change
+    _state.is_final = _state in FINAL_STATES
 
 # Compact per-iteration state codes (one byte each in a bytearray).
 STATE_CODES = list(JobState)

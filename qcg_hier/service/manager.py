@@ -76,7 +76,7 @@ class ManagerService:
 
     async def shutdown(self) -> None:
         if self.progress:
-            self.progress.stop()
+            self.progress.stop(self)
         for iface in self.interfaces:
             await iface.close()
         await self.launcher.stop()

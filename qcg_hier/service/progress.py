@@ -51,6 +51,9 @@ class Progress:
     def stop(self, service=None) -> None:
         if self._task:
             self._task.cancel()
+        if service is not None:
+            self._last = None
+            self.emit(service)
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()

@@ -1,21 +1,29 @@
 """`jobs.report`: one entry per finished iteration and per finished job, written in batches."""
-from datetime import datetime
+import time
 
 import orjson
 
 from ..core.job import Job, Record
 
+_second = [None, ""]  # the last whole second formatted, and its text
+
 
 def iso(t: float) -> str:
-    return datetime.fromtimestamp(t).isoformat()
+    """Local ISO date with microseconds, as upstream; the seconds part is formatted once per second."""
+    sec = int(t)
+    if _second[0] != sec:
+        _second[0] = sec
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sec))
+    return f"{_second[1]}.{int((t - sec) * 1e6):06d}"
 
 
 def _history(history) -> list:
-    return [{"state": state.value, "date": iso(t)} for state, t in history]
+    # orjson writes a str Enum as its value: no per-entry .value lookups
+    return [{"state": state, "date": iso(t)} for state, t in history]
 
 
 def iteration_entry(job: Job, it: int, state, record: Record | None) -> dict:
-    entry = {"name": f"{job.name}:{it}", "state": state.value,
+    entry = {"name": f"{job.name}:{it}", "state": state,
              "history": _history(record.history) if record else [],
              "runtime": record.runtime() if record else {}}
     if record is not None and record.message:
@@ -25,7 +33,7 @@ def iteration_entry(job: Job, it: int, state, record: Record | None) -> dict:
 
 def job_entry(job: Job) -> dict:
     record = job.records.get(job.start) if (job.records and not job.iterative) else None
-    entry = {"name": job.name, "state": job.state.value, "history": _history(job.history),
+    entry = {"name": job.name, "state": job.state, "history": _history(job.history),
              "runtime": record.runtime() if record else {}}
     spec = job.spec.to_dict()
     entry["execution"] = spec["execution"]
@@ -40,8 +48,8 @@ def job_entry(job: Job) -> dict:
 
 
 def _text(entry: dict) -> str:
-    lines = [f"{entry['name']} ({entry['state']})" + (f" {entry['messages']}" if entry.get("messages") else "")]
-    lines += [f"\t{h['date']}: {h['state']}" for h in entry["history"]]
+    lines = [f"{entry['name']} ({entry['state'].value})" + (f" {entry['messages']}" if entry.get("messages") else "")]
+    lines += [f"\t{h['date']}: {h['state'].value}" for h in entry["history"]]
     lines += [f"\t{k}: {v}" for k, v in entry["runtime"].items()]
     return "\n".join(lines) + "\n"
 
