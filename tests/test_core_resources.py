@@ -93,12 +93,20 @@ class TestSingleNodePacking:
 
     def test_spread_over_as_few_nodes_as_possible(self):
         pool = pool_of(4, 4, 4, 4)
-        fillers = [pool.allocate(Request(3, 3)), pool.allocate(Request(1, 1))]  # n0: 1 free; n1: 3 free
-        assert free(pool) == [1, 3, 4, 4] or sorted(free(pool)) == [1, 3, 4, 4]
-        big = pool.allocate(cores(10))
-        assert big.cores == 10
-        assert len(big.shares) == 3  # 4 + 4 + 2 (or 3): never four nodes
-        check_pool(pool, fillers + [big])
+        x = pool.allocate(cores(3))  # n0
+        y = pool.allocate(cores(4))  # n1
+        z = pool.allocate(cores(3))  # n2
+        pool.release(y)
+        assert free(pool) == [1, 4, 1, 4]
+        big = pool.allocate(cores(9))
+        assert big.cores == 9
+        assert len(big.shares) == 3  # 4 + 4 + 1, not 1 + 4 + 1 + 3
+        assert per_node(big)["n1"] == 4 and per_node(big)["n3"] == 4
+        check_pool(pool, [x, z, big])
+        pool.release(big)
+        eight = pool.allocate(cores(8))
+        assert per_node(eight) == {"n1": 4, "n3": 4}
+        check_pool(pool, [x, z, eight])
 
     def test_spread_uses_emptiest_first(self):
         pool = pool_of(2, 8, 4)

@@ -11,6 +11,8 @@ from collections import deque
 from .states import CODE_OF, STATE_CODES, JobState
 
 QUEUED_CODE = CODE_OF[JobState.QUEUED]
+NO_TASKS: dict = {}  # never written to: replaced by a dict of its own on the first start
+NO_COUNTS = (0,) * len(STATE_CODES)
 
 
 class Outcome:
@@ -110,12 +112,12 @@ class Job:
         "cancel_requested", "messages", "overtaken", "has_it_waiters", "attempts", "removed", "base_request",
     )
 
-    def __init__(self, spec, seq: int, now: float):
+    def __init__(self, spec, seq: int, queued_entry: tuple):
         self.spec = spec
         self.name = spec.name
         self.seq = seq
         self.state = JobState.QUEUED
-        self.history = [(JobState.QUEUED, now)]
+        self.history = [queued_entry]  # (QUEUED, time): one tuple shared by a whole submit batch
         it = spec.iteration
         self.iterative = it is not None
         self.start, self.stop = (it.start, it.stop) if it is not None else (0, 1)
@@ -127,8 +129,9 @@ class Job:
         self.size_on_nodes = False
         self.request = None  # request of the next ready iteration; None: nothing ready
         self.queued_under = None  # the ready-queue bucket the job sits in
-        self.running = {}  # iteration -> Task
-        self.counts = [0] * len(STATE_CODES)  # finished iterations per state
+        # Shared empty placeholders until first use: a queued job must stay small.
+        self.running = NO_TASKS  # iteration -> Task
+        self.counts = NO_COUNTS  # finished iterations per state code
         self.it_states = None
         self.records = None  # iteration -> Record
         self.pending_deps = 0
@@ -172,7 +175,12 @@ class Job:
         if self.it_states is None:
             self.it_states = bytearray(self.total)
         self.it_states[it - self.start] = CODE_OF[state]
-        self.counts[CODE_OF[state]] += 1
+        self.add_count(state, 1)
+
+    def add_count(self, state: JobState, n: int) -> None:
+        if self.counts is NO_COUNTS:
+            self.counts = [0] * len(STATE_CODES)
+        self.counts[CODE_OF[state]] += n
 
     def add_message(self, text: str) -> None:
         if self.messages is None:

@@ -22,7 +22,7 @@ from collections import deque
 
 from .errors import SubmitError, UnknownJobError
 from .iterschedulers import make_sizer
-from .job import Job, Outcome, Record, Task
+from .job import NO_TASKS, Job, Outcome, Record, Task
 from .states import CODE_OF, STATE_CODES, JobState
 
 Q, SCH, EXE = JobState.QUEUED, JobState.SCHEDULED, JobState.EXECUTING
@@ -54,9 +54,10 @@ class Scheduler:
         self._check_batch(specs)
         sizers = [self._sizer(spec) for spec in specs]
         jobs = []
+        queued_entry = (Q, now)
         for spec, sizer in zip(specs, sizers):
             self._seq += 1
-            job = Job(spec, self._seq, now)
+            job = Job(spec, self._seq, queued_entry)
             if sizer is not None:
                 job.sizer, job.size_on_nodes = sizer
             self.jobs[job.name] = job
@@ -319,6 +320,8 @@ class Scheduler:
             attempt, earlier = job.attempts.pop(it)
             history = earlier + history
         task = Task(self._tid, job, it, alloc, req, attempt, history)
+        if job.running is NO_TASKS:
+            job.running = {}
         job.running[it] = task
         self.tasks[task.tid] = task
         counts = self.it_counts
@@ -432,7 +435,7 @@ class Scheduler:
             states[lo - job.start:] = bytes([CODE_OF[state]]) * (job.stop - lo)
             for i, code in kept:
                 states[i - job.start] = code
-            job.counts[CODE_OF[state]] += count
+            job.add_count(state, count)
             self.it_counts[Q] -= count
             self.it_counts[state] += count
             if job.has_it_waiters:

@@ -43,16 +43,27 @@ class FileInterface:
             self.failed = True
             requests = []
         for index, request in enumerate(requests):
+            if not service.launcher.ready and not service.core.all_finished():
+                # jobs are waiting: let them start before the next request looks at or cancels them
+                await self._wait_ready(service)
             response = service.handle(request)
             log.info("file request %d (%s): %s", index + 1,
                      request.get("request") if isinstance(request, dict) else type(request).__name__,
                      orjson.dumps(response).decode())
             if response.get("code"):
                 log.error("file request %d failed: %s", index + 1, response.get("message"))
-            if index % 50 == 49:
-                await asyncio.sleep(0)  # let tasks start and exits be handled meanwhile
+            # as upstream, requests are handled one at a time: the scheduling pass a request
+            # asked for runs (and exits are handled) before the next request is served
+            await asyncio.sleep(0)
         self.finished = True
         service.interface_finished()
+
+    @staticmethod
+    async def _wait_ready(service) -> None:
+        limit = float(getattr(service.config, "nl_init_timeout", 600) or 600)
+        deadline = asyncio.get_running_loop().time() + limit
+        while not service.launcher.ready and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
 
     async def close(self) -> None:
         pass

@@ -5,6 +5,7 @@ batches of task exits) lead to one scheduling pass, which hands all new tasks to
 the launcher in one batch per agent.
 """
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -27,6 +28,21 @@ CANCEL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled task, 
 FAKE_BATCH = 20_000  # fake launches per loop turn, so requests are still served meanwhile
 
 
+def _without_system_core(nodes: list) -> list:
+    """--system-core: one core of the first node that has more than one is kept for the service.
+
+    The core leaves the pool (rather than being allocated), so admission sees the cores jobs
+    can really get: a job asking for every core is rejected instead of waiting forever.
+    Slots bind to a node's first CPUs, so the service's core is the node's last CPU.
+    """
+    for i, node in enumerate(nodes):
+        if node.cores > 1:
+            kept = dataclasses.replace(node, cores=node.cores - 1, core_ids=tuple(node.core_ids[:node.cores - 1]))
+            return nodes[:i] + [kept] + nodes[i + 1:]
+    log.warning("--system-core: no node has more than one core, no core reserved for the service")
+    return list(nodes)
+
+
 class ManagerService:
     def __init__(self, config, nodes, service_dir: Path, instance_id: str):
         self.config = config
@@ -34,9 +50,9 @@ class ManagerService:
         self.service_dir = service_dir
         self.wd = Path(config.wd).resolve()
         self.started = time.time()
+        if config.system_core:
+            nodes = _without_system_core(nodes)
         self.pool = ResourcePool(nodes)
-        if config.system_core and self.pool.nodes:
-            self.pool._take(self.pool.nodes[0], 1)  # one slot for the service itself
         self.core = Scheduler(self.pool)
         self.handlers = Handlers(self)
         self.report = reports.ReportWriter(service_dir / config.report_file, config.report_format)
