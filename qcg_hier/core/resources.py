@@ -223,11 +223,6 @@ class ResourcePool:
             shares.append(self._take(node, count, req.gpus, req.mem_mb))
         return Allocation(shares)
 
-    def reserve_system_core(self) -> None:
-        """`--system-core`: one slot of the first node is kept for the service itself."""
-        if self.nodes and self.nodes[0].free:
-            self._take(self.nodes[0], 1)
-
     def release(self, alloc: Allocation) -> None:
         for node, slots, gpu_ids, mem in alloc.shares:
             if not node.alive:
