@@ -17,9 +17,8 @@ from .service.servicedir import default_instance_id, make_service_dir, setup_log
 
 NOT_YET = {
     "governor": "--governor", "parent": "--parent", "slurm_partition_nodes": "--slurm-partition-nodes",
-    "slurm_resources_file": "--slurm-resources-file", "resume": "--resume", "net": "--net",
-    "net_port": "--net-port", "net_pub_port": "--net-pub-port", "net_port_min": "--net-port-min",
-    "net_port_max": "--net-port-max", "slurm_limit_nodes_range_begin": "--slurm-limit-nodes-range-begin",
+    "slurm_resources_file": "--slurm-resources-file", "resume": "--resume",
+    "slurm_limit_nodes_range_begin": "--slurm-limit-nodes-range-begin",
     "slurm_limit_nodes_range_end": "--slurm-limit-nodes-range-end", "enable_proc_stats": "--enable-proc-stats",
     "enable_rt_stats": "--enable-rt-stats",
 }
@@ -46,11 +45,15 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--net", is_flag=True, help="Enable the network (ZeroMQ) interface [not yet supported].")
-@click.option("--net-port", type=int, help="Port of the network interface [not yet supported].")
-@click.option("--net-pub-port", type=int, help="Port of the status publisher [not yet supported].")
-@click.option("--net-port-min", type=int, help="Lowest random port [not yet supported].")
-@click.option("--net-port-max", type=int, help="Highest random port [not yet supported].")
+@click.option("--net", is_flag=True, help="Enable the network (ZeroMQ) interface.")
+@click.option("--net-port", type=int, help="Port of the network interface (default: random in the range).")
+@click.option("--net-pub-port", type=int, help="Port of the status publisher (default: random in the range).")
+@click.option("--net-port-min", type=int, default=None, help="Lowest random port (default 2222).")
+@click.option("--net-port-max", type=int, default=None, help="Highest random port (default 9999).")
+@click.option("--net-bind", default=None,
+              help="Address to bind the network interface to (default 127.0.0.1; '*' for all interfaces).")
+@click.option("--auth", type=click.Choice(["curve", "none"]), default="curve", show_default=True,
+              help="curve: only clients holding this instance's keys are served; none: anyone (upstream's behaviour).")
 @click.option("--file", "use_file", is_flag=True, help="Read requests from the file given by --file-path.")
 @click.option("--file-path", default=None, help="Batch file: a JSON list of requests (implies --file).")
 @click.option("--wd", default=".", show_default=True, help="Working directory; the service directory goes inside.")
@@ -97,8 +100,15 @@ def service_main(**kw):
         opts.use_file = True
     if opts.use_file and not opts.file_path:
         opts.file_path = "qcg_pm_reqs.json"
-    if not opts.use_file:
-        raise click.UsageError("no interface enabled: give --file-path FILE (the network interface is not yet supported)")
+    if any(v is not None for v in (opts.net_port, opts.net_pub_port, opts.net_port_min, opts.net_port_max,
+                                   opts.net_bind)):
+        opts.net = True
+    opts.net_port_min = 2222 if opts.net_port_min is None else opts.net_port_min
+    opts.net_port_max = 9999 if opts.net_port_max is None else opts.net_port_max
+    if opts.net_port_min > opts.net_port_max:
+        raise click.UsageError(f"--net-port-min {opts.net_port_min} is above --net-port-max {opts.net_port_max}")
+    if not opts.use_file and not opts.net:
+        raise click.UsageError("no interface enabled: give --net and/or --file-path FILE")
     try:
         nodes = resolve_nodes(opts)
     except ResourceSpecError as exc:
@@ -125,16 +135,32 @@ def run_service(opts, nodes) -> int:
     total = sum(n.cores for n in nodes)
     logger.info("available resources: %d (%d used) cores on %d nodes", total, 1 if opts.system_core else 0, len(nodes))
     service = ManagerService(opts, nodes, service_dir, instance_id)
-    file_iface = FileInterface(opts.file_path)
-    service.interfaces.append(file_iface)
-    service.interface_names.append(file_iface.name)
+    file_iface = None
+    if opts.use_file:
+        file_iface = FileInterface(opts.file_path)
+        service.interfaces.append(file_iface)
+        service.interface_names.append(file_iface.name)
+    if opts.net:
+        service.network = _network(opts, service_dir)
     if opts.show_progress:
         from .service.progress import Progress
         service.progress = Progress()
     code = _run_loop(service.run())
-    if file_iface.failed:
+    if file_iface is not None and file_iface.failed:
         return 1
     return code
+
+
+def _network(opts, service_dir):
+    from .auth import Credentials
+    from .service.zmqinterface import ZmqInterface
+
+    credentials = None
+    if opts.auth == "curve":
+        credentials = Credentials.generate()
+        credentials.save(service_dir)
+    return ZmqInterface(opts.net_bind or "127.0.0.1", opts.net_port, opts.net_port_min, opts.net_port_max,
+                        opts.net_pub_port, credentials, enable_pub=not opts.disable_pub)
 
 
 def _run_loop(coro) -> int:

@@ -175,7 +175,10 @@ class Handlers:
         if not isinstance(options, dict):
             raise RequestError("'options' must be an object")
         if options.get("allJobsFinished"):
-            return protocol.ok({"AllJobsFinished": self.s.core.all_finished()})
+            finished = self.s.core.all_finished()
+            if not finished:
+                self.s.noj_wanted = True
+            return protocol.ok({"AllJobsFinished": finished})
         return protocol.ok(self.s.status())
 
     # ------------------------------------------------------------ changes

@@ -54,6 +54,7 @@ class ManagerService:
             nodes = _without_system_core(nodes)
         self.pool = ResourcePool(nodes)
         self.core = Scheduler(self.pool)
+        self.core.emit_progress = False  # until someone subscribes to IST/JST events
         self.handlers = Handlers(self)
         self.report = reports.ReportWriter(service_dir / config.report_file, config.report_format)
         self.interfaces = []
@@ -62,14 +63,18 @@ class ManagerService:
         self.pub_address = None
         self.finishing = False
         self.progress = None
+        self.network = None  # the ZmqInterface, when --net
+        self.publisher = None
+        self.noj_wanted = False  # someone was told "not all finished": NOJ is owed at the end
         self._pass_pending = False
         self._done = asyncio.Event()
         self._loop = None
         callbacks = Callbacks(self._kick, self._on_finished, self._on_node_lost)
         if config.fake_launch:
+            self.task_context = None
             self.launcher = FakeLauncher(callbacks)
         else:
-            ctx = TaskContext(str(self.wd), uuid.uuid4().hex[:12], {}, {}, binding=True)
+            self.task_context = ctx = TaskContext(str(self.wd), uuid.uuid4().hex[:12], {}, {}, binding=True)
             routes = {node.name: "local" for node in self.pool.nodes}
             self.launcher = AgentLauncher(callbacks, ctx, service_dir, routes)
 
@@ -78,6 +83,8 @@ class ManagerService:
         self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._on_signal, sig)
+        if self.network is not None:
+            self._open_network()
         await self.launcher.start()
         runners = [asyncio.ensure_future(iface.run(self)) for iface in self.interfaces]
         flusher = asyncio.ensure_future(self._flush_periodically())
@@ -100,6 +107,26 @@ class ManagerService:
         self.report.close()
         write_final_status(self.service_dir, self.status(final=True))
         log.info("service %s finished", self.instance_id)
+
+    def _open_network(self) -> None:
+        net = self.network
+        net.open(self.instance_id)
+        self.interfaces.append(net)
+        self.interface_names.append(net.name)
+        self.zmq_address, self.pub_address, self.publisher = net.address, net.pub_address, net.publisher
+        if self.task_context is not None:
+            # tasks may act as application controllers and submit more jobs
+            self.task_context.base_env["QCG_PM_ZMQ_ADDRESS"] = net.address
+            if net.credentials is not None:
+                self.task_context.base_env.update(net.credentials.client_env())
+        tmp = self.service_dir / "address.tmp"
+        tmp.write_text(net.address)
+        tmp.replace(self.service_dir / "address")  # clients poll for it: never show a half-written file
+        log.info("network interface at %s, status publisher at %s, authentication %s", net.address,
+                 net.pub_address, "CURVE" if net.credentials else "none")
+
+    def subscriptions_changed(self) -> None:
+        self.core.emit_progress = self.publisher.wants("IST") or self.publisher.wants("JST")
 
     def _on_signal(self, sig) -> None:
         log.warning("signal %s: stopping, killing every running task", signal.Signals(sig).name)
@@ -124,7 +151,9 @@ class ManagerService:
         if self._done.is_set():
             return
         interfaces_done = all(iface.finished for iface in self.interfaces)
-        if (self.finishing or interfaces_done) and self.core.all_finished() and not self.core.tasks:
+        # a batch file is read to its end: requests after a finish request still get their replies
+        reading = any(getattr(iface, "read_to_end", False) and not iface.finished for iface in self.interfaces)
+        if (self.finishing or interfaces_done) and not reading and self.core.all_finished() and not self.core.tasks:
             self._done.set()
 
     async def _flush_periodically(self) -> None:
@@ -194,7 +223,6 @@ class ManagerService:
         if not events:
             return
         report = self.report
-        progress = self.progress
         for event in events:
             kind = event[0]
             if kind == "it":
@@ -205,8 +233,30 @@ class ManagerService:
                 _, job, state = event
                 if state.is_final:
                     report.add(reports.job_entry(job))
-        if progress:
-            progress.update(self)
+        if self.publisher is not None:
+            self._publish(events)
+
+    def _publish(self, events) -> None:
+        """Upstream's topics: IST/JST on a change, IFI/JFI when final, NOJ when everything ended."""
+        pub = self.publisher
+        wanted = pub.wanted
+        for event in events:
+            kind = event[0]
+            if kind == "it":
+                _, job, it, state, _record = event
+                topic = "IFI" if state.is_final else "IST"
+                if topic in wanted:
+                    pub.publish(topic, {"job": job.name, "state": state.value, "it": it})
+            elif kind == "job":
+                _, job, state = event
+                if "JST" in wanted:
+                    pub.publish("JST", {"job": job.name, "state": state.value})
+                if state.is_final and "JFI" in wanted:
+                    pub.publish("JFI", {"job": job.name, "state": state.value})
+            elif kind == "idle" and self.noj_wanted:
+                # only when a client was told "not finished": a stale NOJ must not end a later wait4all
+                self.noj_wanted = False
+                pub.publish("NOJ", {})
 
     # ------------------------------------------------------------ status
     def status(self, final: bool = False) -> dict:

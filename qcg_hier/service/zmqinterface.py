@@ -1,0 +1,205 @@
+"""The network interface: upstream's request/response protocol over ZeroMQ, plus PUB events.
+
+A ROUTER socket (not upstream's REP) serves any number of clients at once: REQ clients
+(upstream's) and DEALER clients (ours) both work. Replies to a client that never reads are
+dropped by ZeroMQ, so no client can block the service. With credentials, the socket is a
+CURVE server and a ZAP handler admits only peers holding the instance's client key.
+"""
+import asyncio
+import logging
+import socket
+
+import orjson
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from .. import protocol
+from ..auth import ZAP_ENDPOINT, Credentials
+
+log = logging.getLogger("qcg_hier")
+MAX_REQUEST_BYTES = 64 << 20  # larger requests get an error reply
+MAX_MESSAGE_BYTES = 512 << 20  # larger messages make ZeroMQ drop the connection
+
+
+def advertised_host(bind_host: str) -> str:
+    if bind_host in ("*", "0.0.0.0"):
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+    return bind_host
+
+
+def bind(sock: zmq.Socket, host: str, port: int | None, port_min: int, port_max: int) -> int:
+    if port:
+        sock.bind(f"tcp://{host}:{port}")
+        return port
+    return sock.bind_to_random_port(f"tcp://{host}", min_port=port_min, max_port=port_max + 1, max_tries=1000)
+
+
+class ZapHandler:
+    """ZeroMQ's authentication hook: admit the instance's client key, log every refusal."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, credentials: Credentials):
+        self.credentials = credentials
+        self.sock = ctx.socket(zmq.REP)
+        self.sock.linger = 0
+        self.sock.bind(ZAP_ENDPOINT)
+        self.refused = 0
+
+    async def run(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            version, request_id, _domain, address, _identity, mechanism, *creds = frames
+            try:
+                allowed = self.credentials.allows(mechanism, creds)
+            except Exception:  # a malformed handshake is a refusal, never a crash
+                log.exception("ZAP request could not be checked")
+                allowed = False
+            if allowed:
+                await self.sock.send_multipart([version, request_id, b"200", b"OK", b"client", b""])
+            else:
+                self.refused += 1
+                log.warning("refused a connection from %s: mechanism %s without the instance's client key",
+                            address.decode(errors="replace"), mechanism.decode(errors="replace"))
+                await self.sock.send_multipart([version, request_id, b"400", b"not authorized", b"", b""])
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+class Publisher:
+    """Status events as upstream: one frame `"<TOPIC> <json>"`. XPUB tells us who listens."""
+
+    TOPICS = ("IST", "IFI", "JST", "JFI", "NOJ")
+
+    def __init__(self, sock, manager_id: str):
+        self.sock = sock
+        self.manager_id = manager_id
+        self.subscriptions: dict[bytes, int] = {}
+        self.wanted: frozenset = frozenset()  # topics somebody subscribes to: others are not even formatted
+
+    def wants(self, topic: str) -> bool:
+        return topic in self.wanted
+
+    def on_subscription(self, message: bytes) -> None:
+        if not message:
+            return
+        prefix = bytes(message[1:])
+        change = 1 if message[0] == 1 else -1
+        self.subscriptions[prefix] = self.subscriptions.get(prefix, 0) + change
+        live = [p for p, n in self.subscriptions.items() if n > 0]
+        self.wanted = frozenset(t for t in self.TOPICS if any(t.encode().startswith(p) for p in live))
+
+    def publish(self, topic: str, body: dict) -> None:
+        body["manager"] = self.manager_id
+        try:
+            self.sock.send(topic.encode() + b" " + orjson.dumps(body), flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # a slow subscriber: PUB semantics, the event is dropped for it
+
+
+class ZmqInterface:
+    name = "ZMQ"
+
+    def __init__(self, host: str, port, port_min: int, port_max: int, pub_port, credentials: Credentials | None,
+                 enable_pub: bool = True):
+        self.host, self.port, self.port_min, self.port_max = host, port, port_min, port_max
+        self.pub_port = pub_port
+        self.credentials = credentials
+        self.enable_pub = enable_pub
+        self.finished = False  # the network never runs out of requests by itself
+        self.ctx = zmq.asyncio.Context.instance()
+        self.sock = None
+        self.pub_sock = None
+        self.zap = None
+        self.publisher = None
+        self.address = None
+        self.pub_address = None
+        self.refused = 0
+        self._tasks = []
+
+    def open(self, manager_id: str) -> None:
+        """Bind the sockets (before the service advertises its address)."""
+        if self.credentials is not None:
+            self.zap = ZapHandler(self.ctx, self.credentials)
+        self.sock = self._socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        port = bind(self.sock, self.host, self.port, self.port_min, self.port_max)
+        self.address = f"tcp://{advertised_host(self.host)}:{port}"
+        if self.enable_pub:
+            self.pub_sock = self._socket(zmq.XPUB)
+            self.pub_sock.setsockopt(zmq.SNDHWM, 100_000)
+            pub_port = bind(self.pub_sock, self.host, self.pub_port, self.port_min, self.port_max)
+            self.pub_address = f"tcp://{advertised_host(self.host)}:{pub_port}"
+            self.publisher = Publisher(self.pub_sock, manager_id)
+
+    def _socket(self, kind):
+        sock = self.ctx.socket(kind)
+        sock.linger = 0
+        if self.credentials is not None:
+            self.credentials.secure_server(sock)
+        return sock
+
+    async def run(self, service) -> None:
+        if self.zap is not None:
+            self._tasks.append(asyncio.ensure_future(self.zap.run()))
+            self._tasks.append(asyncio.ensure_future(self._log_refusals()))
+        if self.publisher is not None:
+            self._tasks.append(asyncio.ensure_future(self._subscriptions(service)))
+        sock = self.sock
+        while True:
+            frames = await sock.recv_multipart(copy=False)
+            identity, body = frames[0].bytes, frames[-1]
+            delimiter = [b""] if len(frames) > 2 else []
+            response = self._answer(service, body)
+            try:
+                await sock.send_multipart([identity, *delimiter, protocol.encode(response)], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.warning("reply dropped: %s", exc)
+
+    def _answer(self, service, body) -> dict:
+        if len(body) > MAX_REQUEST_BYTES:
+            return protocol.error(f"Invalid request: request of {len(body)} bytes exceeds the limit of "
+                                  f"{MAX_REQUEST_BYTES} bytes")
+        try:
+            request = orjson.loads(body.buffer)
+        except orjson.JSONDecodeError as exc:
+            return protocol.error(f"Invalid request: not valid JSON ({exc})")
+        try:
+            return service.handle(request)
+        except Exception as exc:  # a bug must not take the interface down
+            log.exception("request failed")
+            return protocol.error(f"Failed to process request: {type(exc).__name__}: {exc}")
+
+    async def _log_refusals(self) -> None:
+        """A peer without CURVE (or with other keys) fails the handshake before ZAP is asked: log it here."""
+        events = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                  | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        monitor = self.sock.get_monitor_socket(events)
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                self.refused += 1
+                log.warning("refused a connection on %s: handshake failed (%s, code %s): the peer does not hold "
+                            "this instance's credentials", event["endpoint"].decode(errors="replace"),
+                            zmq.Event(event["event"]).name, event["value"])
+        finally:
+            self.sock.disable_monitor()
+            monitor.close(0)
+
+    async def _subscriptions(self, service) -> None:
+        while True:
+            message = await self.pub_sock.recv()
+            self.publisher.on_subscription(message)
+            service.subscriptions_changed()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for sock in (self.sock, self.pub_sock):
+            if sock is not None:
+                sock.close(0)
+        if self.zap is not None:
+            self.zap.close()
