@@ -60,11 +60,20 @@ def resolve_address(address=None) -> tuple[str, Credentials | None]:
 
 class Manager:
     def __init__(self, address=None, cfg=None):
+        self._init_connection(*resolve_address(address), cfg)
+
+    def clone(self) -> "Manager":
+        """Another connection to the same service (for another thread: sockets are not thread-safe)."""
+        other = Manager.__new__(Manager)
+        other._init_connection(self.address, self.credentials, self.cfg)
+        return other
+
+    def _init_connection(self, address: str, credentials, cfg) -> None:
         self.cfg = dict(cfg or {})
         self.request_timeout = float(self.cfg.get("request_timeout", 30.0))
         self.connect_timeout = float(self.cfg.get("connect_timeout", 5.0))
         self.recheck = float(self.cfg.get("poll_delay", 2.0))
-        self.address, self.credentials = resolve_address(address)
+        self.address, self.credentials = address, credentials
         self._ctx = zmq.Context.instance()
         self._lock = threading.RLock()
         self._sock = None
