@@ -234,7 +234,7 @@ class TestParseJobErrors:
     def test_check_job_name_accepts_plain(self):
         assert check_job_name("job-1_a.b") == "job-1_a.b"
 
-    @pytest.mark.parametrize("dep", ["a:b", "a:1:2", "", "a:", "a:${it}x", "a:-1", ":3"])
+    @pytest.mark.parametrize("dep", ["a:b", "a:1:2", "", "a:", "a:${it}x", "a:-1", ":3", "a:\u00b2", "a: 1"])
     def test_malformed_dependency(self, dep):
         bad(job(iteration={"stop": 2}, dependencies={"after": [dep]}), "dependencies.after[0]")
 
@@ -427,11 +427,6 @@ class TestParseJobValid:
         before = copy.deepcopy(desc)
         parse_job(desc)
         assert desc == before
-
-    def test_spec_is_immutable(self):
-        spec = parse_job(job())
-        with pytest.raises(Exception):
-            spec.name = "k"
 
     def test_equal_requests_are_shared(self):
         a = parse_job(job(resources={"numCores": 3}))
@@ -632,7 +627,7 @@ class TestHostlist:
     def test_suffix(self):
         assert expand_hostlist("n[1-2]x,y") == ["n1x", "n2x", "y"]
 
-    @pytest.mark.parametrize("text", ["n[1-", "n[3-1]", "n[a-b]", "", "n1]", "n[1-2", "n[]", "n[1-2]]", None])
+    @pytest.mark.parametrize("text", ["n[1-", "n[3-1]", "n[a-b]", "", "n1]", "n[1-2", "n[]", "n[1-2]]", "n[\u00b2]", None])
     def test_errors(self, text):
         with pytest.raises(ResourceSpecError):
             expand_hostlist(text)
@@ -687,7 +682,7 @@ class TestCounts:
         assert parse_cpu_list("5") == [5]
         assert parse_cpu_list("") == []
 
-    @pytest.mark.parametrize("text", ["a", "3-1", "1-", "0-3,x"])
+    @pytest.mark.parametrize("text", ["a", "3-1", "1-", "0-3,x", "\u00b2", "1-\u00b2"])
     def test_cpu_list_errors(self, text):
         with pytest.raises(ResourceSpecError):
             parse_cpu_list(text)

@@ -31,6 +31,14 @@ class MaximumIters:
             # rounds get ceil/floor of n/rounds iterations, the larger rounds first
             self.small, self.big_rounds = divmod(iterations, rounds)
 
+    def distinct_sizes(self) -> set[int]:
+        if self.single_round:
+            return {self.avail // self.n, -(-self.avail // self.n)}
+        sizes = {self.avail // (self.small + 1), -(-self.avail // (self.small + 1))}
+        if self.small:
+            sizes |= {self.avail // self.small, -(-self.avail // self.small)}
+        return sizes
+
     def size(self, index: int) -> int:
         if self.single_round:
             return _share(self.avail, self.n, index)
@@ -45,6 +53,9 @@ class SplitInto:
 
     def __init__(self, iterations: int, available: int, minimum: int | None, parts: int | None):
         self.value = max(available // (parts or iterations), minimum or 0)
+
+    def distinct_sizes(self) -> set[int]:
+        return {self.value}
 
     def size(self, index: int) -> int:
         return self.value

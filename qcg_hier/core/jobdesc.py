@@ -4,7 +4,7 @@ Every problem raises JobDescriptionError naming the job and the field. Unknown k
 are errors at every level, as upstream (which passes the dicts as **kwargs).
 """
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import JobDescriptionError
 from .resources import Request
@@ -32,6 +32,7 @@ class Range:
     max: int | None
     scheduler: str | None = None
     params: tuple = ()  # sorted (key, value) pairs of the scheduler's params
+    min_given: bool = True  # False: `min` was left out (1 is assumed; split-into may then resolve to zero)
 
     @property
     def exact(self) -> bool:
@@ -40,7 +41,7 @@ class Range:
     def to_dict(self) -> dict:
         if self.exact:
             return {"exact": self.min}
-        out = {"min": self.min}
+        out = {"min": self.min} if self.min_given else {}
         if self.max is not None:
             out["max"] = self.max
         if self.scheduler:
@@ -57,6 +58,7 @@ class ResourceSpec:
     gpus: int = 0
     mem_mb: int = 0
     tags: tuple = ()
+    _request: Request | None = field(default=None, compare=False, repr=False)  # memo of request()
 
     def to_dict(self) -> dict:
         out = {}
@@ -74,6 +76,13 @@ class ResourceSpec:
 
     def request(self, cores: int | None = None, nodes: int | None = None) -> Request:
         """The allocation request; `cores`/`nodes` replace the range by an iteration scheduler's size."""
+        if cores is None and nodes is None:
+            if self._request is None:
+                object.__setattr__(self, "_request", self._make_request(None, None))
+            return self._request
+        return self._make_request(cores, nodes)
+
+    def _make_request(self, cores, nodes) -> Request:
         crange = _bounds(self.cores, cores)
         nrange = _bounds(self.nodes, nodes)
         if nrange is None:
@@ -102,7 +111,7 @@ def _intern(req: Request) -> Request:
     return _REQUESTS.setdefault(req, req)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1.5 us per job
 class ExecutionSpec:
     exec: str | None = None
     args: tuple = ()
@@ -116,7 +125,14 @@ class ExecutionSpec:
     venv: str | None = None
     model: str = "default"
     model_opts: tuple = ()  # (key, value) pairs
-    templated: bool = False  # uses launch-time variables: substitute per task
+    _templated: bool | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def templated(self) -> bool:
+        """Whether launch-time variables are used, so each task needs substitution (found once, lazily)."""
+        if self._templated is None:
+            self._templated = uses_launch_variables(self.to_dict())
+        return self._templated
 
 
     def to_dict(self) -> dict:
@@ -152,7 +168,7 @@ class IterationSpec:
         return {"start": self.start, "stop": self.stop}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: cheaper to build, and nothing hashes it
 class JobSpec:
     name: str
     execution: ExecutionSpec
@@ -176,6 +192,8 @@ class JobSpec:
 def _check_keys(obj, allowed: set, job, field: str) -> None:
     if not isinstance(obj, dict):
         raise JobDescriptionError(job, field, f"must be an object, got {type(obj).__name__}")
+    if obj.keys() <= allowed:
+        return
     unknown = sorted(set(obj) - allowed)
     if unknown:
         path = f"{field}.{unknown[0]}" if field else unknown[0]
@@ -267,7 +285,6 @@ def parse_execution(obj, job) -> ExecutionSpec:
             else:
                 parsed.append((key, _string_list(value, job, f"execution.model_opts.{key}")))
         fields["model_opts"] = tuple(parsed)
-    fields["templated"] = uses_launch_variables(obj)
     return ExecutionSpec(**fields)
 
 
@@ -304,12 +321,15 @@ def parse_range(value, job, field) -> Range:
     _check_keys(params, {"parts"}, job, f"{field}.scheduler.params")
     if "parts" in params:
         _positive_int(params["parts"], job, f"{field}.scheduler.params.parts")
-    return Range(lo, None, name, tuple(sorted(params.items())))
+    return Range(lo, None, name, tuple(sorted(params.items())), "min" in value)
+
+
+DEFAULT_RESOURCES = ResourceSpec(cores=Range(1, 1))
 
 
 def parse_resources(obj, job) -> ResourceSpec:
     if obj is None:
-        return ResourceSpec(cores=Range(1, 1))
+        return DEFAULT_RESOURCES
     _check_keys(obj, _RES_KEYS, job, "resources")
     cores = parse_range(obj["numCores"], job, "resources.numCores") if obj.get("numCores") is not None else None
     nodes = parse_range(obj["numNodes"], job, "resources.numNodes") if obj.get("numNodes") is not None else None
@@ -368,7 +388,7 @@ def parse_dependencies(obj, job) -> tuple:
         target, sep, it = dep.partition(":")
         if not target:
             raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed dependency {dep!r} (no job name)")
-        if sep and not (it.isdigit() or it == "${it}"):
+        if sep and not ((it.isascii() and it.isdigit()) or it == "${it}"):
             raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed iteration in dependency {dep!r}")
     return after
 

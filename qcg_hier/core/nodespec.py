@@ -65,13 +65,18 @@ def _split_top_level(text: str) -> list[str]:
     return [p for p in parts if p]
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts e.g. '²', which int() rejects."""
+    return text.isascii() and text.isdigit()
+
+
 def _expand_range_list(body: str, hostlist: str) -> list[str]:
     """`001-003,7` -> ['001','002','003','7'], keeping zero padding per range."""
     out = []
     for item in body.split(","):
         item = item.strip()
         lo, dash, hi = item.partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()):
+        if not _is_number(lo) or (dash and not _is_number(hi)):
             raise ResourceSpecError(f"invalid range {item!r} in hostlist {hostlist!r}")
         if not dash:
             out.append(lo)

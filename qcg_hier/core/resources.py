@@ -135,7 +135,9 @@ class ResourcePool:
 
     @staticmethod
     def _node_can_ever(node: Node, cores: int, req: Request) -> bool:
-        return node.total >= cores and len(node.gpus) >= req.gpus and (not req.mem_mb or node.mem_mb >= req.mem_mb)
+        # a node of unknown memory (mem_mb 0) does not account memory
+        return (node.total >= cores and len(node.gpus) >= req.gpus
+                and (not req.mem_mb or not node.mem_mb or node.mem_mb >= req.mem_mb))
 
     def could_fit_now(self, req: Request) -> bool:
         """Cheap necessary condition for allocate() to succeed (used to skip work)."""
@@ -210,7 +212,7 @@ class ResourcePool:
             free = len(node.free)
             if whole and free != node.total:
                 continue
-            if free < cmin or len(node.free_gpus) < req.gpus or (req.mem_mb and node.free_mem < req.mem_mb):
+            if free < cmin or len(node.free_gpus) < req.gpus or (req.mem_mb and node.mem_mb and node.free_mem < req.mem_mb):
                 continue
             picked.append(node)
             if len(picked) == nmax:
@@ -220,7 +222,7 @@ class ResourcePool:
         shares = []
         for node in picked:
             count = node.total if whole else min(req.cores_max, len(node.free))
-            shares.append(self._take(node, count, req.gpus, req.mem_mb))
+            shares.append(self._take(node, count, req.gpus, req.mem_mb if node.mem_mb else 0))
         return Allocation(shares)
 
     def release(self, alloc: Allocation) -> None:

@@ -47,6 +47,7 @@ class Scheduler:
         self._waiters: dict = {}  # (job name, iteration or None) -> [(job, iteration or None)]
         self._seq = 0
         self._tid = 0
+        self._bucket_added = False  # set by _enqueue when it makes a bucket (schedule() rescans)
 
     # ================================================================ submit
     def submit(self, specs: list, now: float) -> list[str]:
@@ -71,6 +72,7 @@ class Scheduler:
 
     def _check_batch(self, specs: list) -> None:
         names = set()
+        never_fits = {}  # Request -> reason or None: jobs of a batch mostly share a few requests
         for spec in specs:
             if spec.name in self.jobs or spec.name in names:
                 raise SubmitError(f"Job {spec.name} already exist" if spec.name in self.jobs
@@ -78,7 +80,10 @@ class Scheduler:
             names.add(spec.name)
             if spec.resources.cores and spec.resources.cores.scheduler or spec.resources.nodes and spec.resources.nodes.scheduler:
                 continue  # checked by the sizer
-            why = self.pool.why_never_fits(spec.resources.request())
+            req = spec.resources.request()
+            if req not in never_fits:
+                never_fits[req] = self.pool.why_never_fits(req)
+            why = never_fits[req]
             if why:
                 raise SubmitError(f"Not enough resources for job {spec.name}: {why}")
         self._check_cycles(specs)
@@ -90,7 +95,13 @@ class Scheduler:
                 iterations = len(spec.iteration) if spec.iteration else 1
                 available = len(self.pool.alive_nodes) if on_nodes else self.pool.total_cores
                 field = "resources.numNodes" if on_nodes else "resources.numCores"
-                sizer = make_sizer(rng.scheduler, rng.params, iterations, available, rng.min, spec.name, field)
+                minimum = rng.min if rng.min_given else None
+                sizer = make_sizer(rng.scheduler, rng.params, iterations, available, minimum, spec.name, field)
+                for size in sizer.distinct_sizes():
+                    req = res.request(nodes=size) if on_nodes else res.request(cores=size)
+                    why = self.pool.why_never_fits(req)
+                    if why:
+                        raise SubmitError(f"Not enough resources for job {spec.name}: an iteration of size {size} {why}")
                 return sizer, on_nodes
         return None
 
@@ -235,6 +246,7 @@ class Scheduler:
         heap = self._buckets.get(req)
         if heap is None:
             heap = self._buckets[req] = []
+            self._bucket_added = True
         heapq.heappush(heap, (job.seq, job))
 
     def _head(self, req, heap):
@@ -258,6 +270,7 @@ class Scheduler:
         blocked = set()
         while pool.free_cores > 0 and self._buckets:
             best = oldest = None
+            self._bucket_added = False
             for req, heap in list(self._buckets.items()):
                 job = self._head(req, heap)
                 if job is None:
@@ -270,6 +283,8 @@ class Scheduler:
                 if best is None or job.seq < best.seq:
                     best = job
             if best is None:
+                if self._bucket_added:
+                    continue  # a head moved to a bucket this scan did not see
                 break
             if self.reserved is not None and self.reserved is not best:
                 if not self.reserved.state.is_final and self.reserved.queued_under is not None:
@@ -336,8 +351,9 @@ class Scheduler:
     def executing(self, tasks, now: float) -> None:
         """The launch layer has handed these tasks to their agents."""
         counts = self.it_counts
+        current = self.tasks
         for task in tasks:
-            if task.history[-1][0] is not SCH:
+            if task.history[-1][0] is not SCH or current.get(task.tid) is not task:
                 continue
             task.history.append((EXE, now))
             counts[SCH] -= 1
@@ -484,7 +500,7 @@ class Scheduler:
             raise UnknownJobError(f"Job '{base}' doesn't exist")
         if not sep:
             return job, None
-        if not it.isdigit() or not job.iterative or not (job.start <= int(it) < job.stop):
+        if not (it.isascii() and it.isdigit()) or not job.iterative or not (job.start <= int(it) < job.stop):
             raise UnknownJobError(f"Unknown iteration {it} for job {base}")
         return job, int(it)
 
@@ -512,8 +528,7 @@ class Scheduler:
             raise UnknownJobError(f"Iteration {name} already finished ({job.iteration_state(it)})")
         self._finish_unstarted(job, CANC, now, only=it)
         if job.finished == job.total:
-            job.cancel_requested = True
-            self._job_final(job, now)
+            self._job_final(job, now)  # FAILED, as when any other single iteration is cancelled
         return []
 
     def remove(self, name: str) -> None:
@@ -544,10 +559,10 @@ class Scheduler:
         del job.running[task.it]
         self.pool.release(task.alloc)
         self.it_counts[task.history[-1][0]] -= 1
-        self.it_counts[Q] += 1
         if task.cancel:
             self._iteration_final(job, task.it, CANC, None, now)
             return
+        self.it_counts[Q] += 1
         history = task.history + [(Q, now)]
         if job.attempts is None:
             job.attempts = {}
@@ -563,14 +578,22 @@ class Scheduler:
     def _fail_impossible(self, now: float) -> None:
         """After losing nodes, queued work that can never fit any more fails."""
         for job in list(self.jobs.values()):
-            if job.state.is_final or job.sizer is not None:
+            if job.state.is_final:
                 continue
-            why = self.pool.why_never_fits(job.base_request)
+            why = self.pool.why_never_fits(job.base_request) if job.sizer is None else self._sizer_misfit(job)
             if why:
                 job.add_message(f"can no longer run: {why}")
                 self._finish_unstarted(job, FAIL, now)
                 if not job.running and not job.state.is_final:
                     self._job_final(job, now, FAIL)
+
+    def _sizer_misfit(self, job: Job) -> str | None:
+        res = job.spec.resources
+        for size in job.sizer.distinct_sizes():
+            why = self.pool.why_never_fits(res.request(nodes=size) if job.size_on_nodes else res.request(cores=size))
+            if why:
+                return why
+        return None
 
     # ================================================================ queries
     def all_finished(self) -> bool:

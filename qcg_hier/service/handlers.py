@@ -11,6 +11,8 @@ import sys
 import uuid
 from datetime import datetime
 
+import orjson
+
 from .. import protocol
 from ..core.errors import CoreError, JobDescriptionError, SubmitError, UnknownJobError
 from ..core.jobdesc import parse_job
@@ -66,15 +68,19 @@ class Handlers:
         values = {"rcnt": self._rcnt, "uniq": uuid.uuid4(), "sname": "local", "date": str(now.date()),
                   "time": str(now.time()), "dateTime": str(now)}
         specs = []
+        # one C-speed scan of the whole request decides whether any substitution is needed
+        templated = b"$" in orjson.dumps(jobs)
         try:
             for desc in jobs:
                 if not isinstance(desc, dict):
                     raise JobDescriptionError(None, None, f"a job description must be an object, got {type(desc).__name__}")
-                name = desc.get("name")
-                if isinstance(name, str) and "$" in name:
-                    name = substitute_tree(name, values)
-                values["jname"] = name
-                specs.append(parse_job(substitute_tree(desc, values) if _has_dollar(desc) else desc))
+                if templated:
+                    name = desc.get("name")
+                    if isinstance(name, str) and "$" in name:
+                        name = substitute_tree(name, values)
+                    values["jname"] = name
+                    desc = substitute_tree(desc, values)
+                specs.append(parse_job(desc))
             names = self.s.submit(specs)
         except (JobDescriptionError, SubmitError) as exc:
             return protocol.error(f"Wrong submit request: {exc}" if isinstance(exc, JobDescriptionError) else str(exc))
@@ -228,16 +234,6 @@ class Handlers:
 
     def r_notify(self, req: dict) -> dict:
         return protocol.error("Operation not supported")
-
-
-def _has_dollar(obj) -> bool:
-    if isinstance(obj, str):
-        return "$" in obj
-    if isinstance(obj, dict):
-        return any(_has_dollar(v) for v in obj.values())
-    if isinstance(obj, list):
-        return any(_has_dollar(v) for v in obj)
-    return False
 
 
 def system_info(service) -> dict:
