@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -161,6 +162,8 @@ class RawResult:
     inflight: int
     seconds: float
     failures: int
+    own_cpu: float = float("nan")       # CPU s of the loop itself
+    children_cpu: float = float("nan")  # CPU s of the spawned tasks
 
     @property
     def rate(self) -> float:
@@ -186,6 +189,8 @@ def raw_spawn_rate(
     started = 0
     done = 0
     failures = 0
+    ru_self0 = resource.getrusage(resource.RUSAGE_SELF)
+    ru_kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     while done < tasks:
         while started < tasks and len(running) < inflight:
@@ -198,7 +203,14 @@ def raw_spawn_rate(
             if os.waitstatus_to_exitcode(status) != 0:
                 failures += 1
     seconds = time.perf_counter() - t0
-    return RawResult(tasks, inflight, seconds, failures)
+    ru_self1 = resource.getrusage(resource.RUSAGE_SELF)
+    ru_kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    def cpu(a, b):
+        return (b.ru_utime - a.ru_utime) + (b.ru_stime - a.ru_stime)
+
+    return RawResult(tasks, inflight, seconds, failures,
+                     cpu(ru_self0, ru_self1), cpu(ru_kids0, ru_kids1))
 
 
 # --------------------------------------------------------------------------
@@ -426,6 +438,14 @@ class ServiceRun:
     @property
     def peak_rss(self) -> int:
         return max((s.rss for s in self.window()), default=0)
+
+    @property
+    def held_rss(self) -> int:
+        """RSS while the work sits queued: the median of the last half of the window's samples
+        (after the submit's transient parsing memory, before the gate ends)."""
+        w = self.window()
+        tail = sorted(s.rss for s in w[len(w) // 2:])
+        return tail[len(tail) // 2] if tail else 0
 
     @property
     def peak_tree_rss(self) -> int:

@@ -107,9 +107,9 @@ class Task:
 class Job:
     __slots__ = (
         "spec", "name", "seq", "state", "history", "iterative", "start", "stop", "next_it", "skip",
-        "requeue", "ready", "sizer", "size_on_nodes", "request", "queued_under", "running",
+        "requeue", "ready", "sizer", "size_on_nodes", "queued_under", "running",
         "counts", "it_states", "records", "pending_deps", "it_deps", "dep_cursor", "it_waits",
-        "cancel_requested", "messages", "overtaken", "has_it_waiters", "attempts", "removed", "base_request",
+        "cancel_requested", "messages", "overtaken", "has_it_waiters", "attempts", "base_request",
     )
 
     def __init__(self, spec, seq: int, queued_entry: tuple):
@@ -117,7 +117,9 @@ class Job:
         self.name = spec.name
         self.seq = seq
         self.state = JobState.QUEUED
-        self.history = [queued_entry]  # (QUEUED, time): one tuple shared by a whole submit batch
+        # ((QUEUED, time),): a tuple (smaller than a list) whose entry a whole submit batch shares;
+        # it becomes a list at the first change of state
+        self.history = (queued_entry,)
         it = spec.iteration
         self.iterative = it is not None
         self.start, self.stop = (it.start, it.stop) if it is not None else (0, 1)
@@ -127,7 +129,6 @@ class Job:
         self.ready = None  # deque of iterations freed by per-iteration dependencies
         self.sizer = None
         self.size_on_nodes = False
-        self.request = None  # request of the next ready iteration; None: nothing ready
         self.queued_under = None  # the ready-queue bucket the job sits in
         # Shared empty placeholders until first use: a queued job must stay small.
         self.running = NO_TASKS  # iteration -> Task
@@ -143,7 +144,6 @@ class Job:
         self.overtaken = 0
         self.has_it_waiters = False
         self.attempts = None  # iteration -> number of earlier attempts (retries)
-        self.removed = False
         self.base_request = spec.resources.request()
 
     # ----- sizes -----

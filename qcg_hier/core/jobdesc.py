@@ -4,6 +4,7 @@ Every problem raises JobDescriptionError naming the job and the field. Unknown k
 are errors at every level, as upstream (which passes the dicts as **kwargs).
 """
 import re
+import sys
 from dataclasses import dataclass, field
 
 from .errors import JobDescriptionError
@@ -200,18 +201,29 @@ def _check_keys(obj, allowed: set, job, field: str) -> None:
         raise JobDescriptionError(job, path, f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
 
+def _fresh(text: str) -> str:
+    """A copy of a string: a kept reference into a parsed request would pin the request's memory
+    (its allocator arenas) for the life of the job."""
+    return (text + ".")[:-1]
+
+
+def _keep(text: str) -> str:
+    """A string a spec keeps: copied out of the request and shared with equal ones (exec, args...)."""
+    return sys.intern(_fresh(text))
+
+
 def _string(value, job, field, allow_empty=False) -> str:
     if not isinstance(value, str):
         raise JobDescriptionError(job, field, f"must be a string, got {type(value).__name__}")
     if not allow_empty and not value:
         raise JobDescriptionError(job, field, "must not be empty")
-    return value
+    return _keep(value)
 
 
 def _scalar_text(value, job, field) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise JobDescriptionError(job, field, f"must be a string or a number, got {type(value).__name__}")
-    return str(value)
+    return _keep(value) if isinstance(value, str) else str(value)
 
 
 def _string_list(value, job, field, allow_single=False) -> tuple:
@@ -390,7 +402,10 @@ def parse_dependencies(obj, job) -> tuple:
             raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed dependency {dep!r} (no job name)")
         if sep and not ((it.isascii() and it.isdigit()) or it == "${it}"):
             raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed iteration in dependency {dep!r}")
-    return after
+    return _TUPLES.setdefault(after, after) if len(_TUPLES) < 100_000 else after
+
+
+_TUPLES: dict = {}  # equal dependency lists (e.g. 20,000 jobs "after" one gate) share one tuple
 
 
 def parse_job(obj) -> JobSpec:
@@ -407,7 +422,7 @@ def parse_job(obj) -> JobSpec:
     if attributes is not None and not isinstance(attributes, dict):
         raise JobDescriptionError(name, "attributes", "must be an object")
     spec = JobSpec(
-        name=name,
+        name=_fresh(name),
         execution=parse_execution(obj["execution"], name),
         resources=parse_resources(obj.get("resources"), name),
         iteration=parse_iteration(obj.get("iteration"), name),

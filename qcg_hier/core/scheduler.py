@@ -44,7 +44,8 @@ class Scheduler:
         self.active_jobs = 0
         self.reserved: Job | None = None
         self._buckets: dict = {}  # Request -> heap of (seq, job)
-        self._waiters: dict = {}  # (job name, iteration or None) -> [(job, iteration or None)]
+        # (job name, iteration or None) -> waiting jobs (whole-job waits) or (job, iteration) pairs
+        self._waiters: dict = {}
         self._seq = 0
         self._tid = 0
         self._bucket_added = False  # set by _enqueue when it makes a bucket (schedule() rescans)
@@ -162,7 +163,7 @@ class Scheduler:
                 self._omit_job(job, outcome, now)
                 return
             if outcome is None:
-                self._waiters.setdefault(key, []).append((job, None))
+                self._waiters.setdefault(key, []).append(job)  # no pair: 20,000 waiters cost 56 B less each
                 job.pending_deps += 1
         if templates:
             job.it_deps = tuple(templates)
@@ -207,7 +208,8 @@ class Scheduler:
             return
         label = key[0] if key[1] is None else f"{key[0]}:{key[1]}"
         touched = []
-        for job, it in waiters:
+        for waiter in waiters:
+            job, it = (waiter, None) if type(waiter) is Job else waiter
             if job.state.is_final:
                 continue
             if it is None:
@@ -242,7 +244,7 @@ class Scheduler:
         if nxt is None:
             return
         req = nxt[1]
-        job.request = job.queued_under = req
+        job.queued_under = req
         heap = self._buckets.get(req)
         if heap is None:
             heap = self._buckets[req] = []
@@ -425,6 +427,8 @@ class Scheduler:
         self.job_counts[job.state] -= 1
         self.job_counts[state] += 1
         job.state = state
+        if type(job.history) is tuple:
+            job.history = list(job.history)
         job.history.append((state, now))
         if state.is_final or self.emit_progress:
             self.events.append(("job", job, state))
@@ -538,7 +542,6 @@ class Scheduler:
         if not job.state.is_final:
             raise UnknownJobError(f"Job '{name}' not finished - can not be removed")
         del self.jobs[name]
-        job.removed = True
         self.job_counts[job.state] -= 1
         for code, n in enumerate(job.counts):
             self.it_counts[STATE_CODES[code]] -= n
