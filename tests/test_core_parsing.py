@@ -508,10 +508,12 @@ class TestVariables:
     def test_escaped(self):
         assert substitute("$${it}", LAUNCH, launch=True) == "${it}"
         assert substitute("$$it", LAUNCH, launch=True) == "$it"
-        # both passes in order: the escape survives the submit pass and is removed by the launch pass
+        # as upstream's two passes: the submit pass consumes one dollar, the launch pass substitutes
         text = substitute("x $${it} ${jname}", SUBMIT)
-        assert text == "x $${it} job1"
-        assert substitute(text, LAUNCH, launch=True) == "x ${it} job1"
+        assert text == "x ${it} job1"
+        assert substitute(text, LAUNCH, launch=True) == "x 3 job1"
+        # three dollars: a literal ${it} at the end
+        assert substitute(substitute("$$${it}", SUBMIT), LAUNCH, launch=True) == "${it}"
 
     def test_escaped_submit_name(self):
         text = substitute("$${jname}", SUBMIT)

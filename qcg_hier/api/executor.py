@@ -37,13 +37,15 @@ class QCGFuture(concurrent.futures.Future):
         self.states: dict[str, str] = {}
 
     def cancel(self) -> bool:
-        if self.done():
-            return False
+        # the future is marked cancelled first: the watcher, woken by the service's CANCELED event,
+        # must not settle it with a result between our cancel request and the mark
+        if not super().cancel():
+            return False  # already finished
         try:
             self._executor.qcgpj_manager.cancel(self.names)
         except QCGPJMAError:
-            pass  # already finished meanwhile: the watcher settles it
-        return super().cancel()
+            pass  # finished meanwhile: the future stays cancelled, as concurrent.futures would have it
+        return True
 
     def _settle(self) -> None:
         with self._condition:

@@ -278,15 +278,25 @@ class LocalManager(Manager):
                                         stdout=subprocess.DEVNULL, stderr=self._stderr)
         service_dir = wd / f".qcgpjm-service-{instance_id}"
         self._wait_for_address(service_dir / "address", float(cfg.get("init_timeout", 60)))
-        super().__init__(str(service_dir), cfg)
+        try:
+            super().__init__(str(service_dir), cfg)
+        except ConnectionError:
+            # the service may die after advertising its address: say why, and leave no service behind
+            if self.process.poll() is not None:
+                raise self._exited() from None
+            self.kill_manager_process()
+            raise
+
+    def _exited(self) -> ServiceError:
+        self._stderr.seek(0)
+        return ServiceError(f"service exited with code {self.process.returncode}: "
+                            f"{self._stderr.read().decode(errors='replace').strip()[-2000:]}")
 
     def _wait_for_address(self, path: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not path.exists():
             if self.process.poll() is not None:
-                self._stderr.seek(0)
-                raise ServiceError(f"service exited with code {self.process.returncode}: "
-                                   f"{self._stderr.read().decode(errors='replace').strip()[-2000:]}")
+                raise self._exited()
             if time.monotonic() > deadline:
                 self.kill_manager_process()
                 raise ServiceError(f"Service not started in {timeout} s")

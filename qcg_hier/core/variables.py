@@ -2,9 +2,12 @@
 
 Only our own variable names are substituted. Anything else written with a dollar
 (`$HOME`, `${PATH}`, `$1`, and the shell's `$$`) reaches the program or bash
-untouched. To write one of our names literally, double the dollar: `$${it}`
-gives the text `${it}`. Values are inserted as text into strings (never into
-JSON text), so a value containing a quote cannot break the description.
+untouched. A doubled dollar before one of our names escapes one substitution phase,
+as upstream's two passes do: at submit `$${it}` becomes `${it}`, which the launch
+phase then replaces by the iteration number; `$${jname}` ends as the text `${jname}`
+(no later phase knows `jname`); `$$${it}` ends as the text `${it}`. Values are
+inserted as text into strings (never into JSON text), so a value containing a quote
+cannot break the description.
 """
 import re
 
@@ -19,17 +22,17 @@ def _pattern(names) -> re.Pattern:
     return re.compile(r"(\$?)\$(?:\{(" + alt + r")\}|(" + alt + r")(?![A-Za-z0-9_]))")
 
 
-_SUBMIT_RE = _pattern(SUBMIT_VARIABLES)
+# the submit phase sees every name (to consume escapes before launch-time names too)
+_SUBMIT_RE = _pattern(ALL_VARIABLES)
 _LAUNCH_RE = _pattern(LAUNCH_VARIABLES)
-_ANY_RE = _pattern(ALL_VARIABLES)
 
 
-def _substitute(regex: re.Pattern, text: str, values: dict) -> str:
+def _substitute(regex: re.Pattern, text: str, values: dict, phase_names) -> str:
     def repl(m: re.Match) -> str:
         name = m.group(2) or m.group(3)
-        if m.group(1):  # `$${name}`: escaped, keep `${name}` for a later pass or literally
+        if m.group(1):  # `$${name}`: escaped for this phase: one dollar is consumed
             return m.group(0)[1:]
-        value = values.get(name)
+        value = values.get(name) if name in phase_names else None
         return m.group(0) if value is None else str(value)
 
     return regex.sub(repl, text)
@@ -39,7 +42,9 @@ def substitute(text: str, values: dict, launch: bool = False) -> str:
     """Replace the submit-time (or, with `launch`, the launch-time) variables in one string."""
     if "$" not in text:
         return text
-    return _substitute(_LAUNCH_RE if launch else _SUBMIT_RE, text, values)
+    if launch:
+        return _substitute(_LAUNCH_RE, text, values, LAUNCH_VARIABLES)
+    return _substitute(_SUBMIT_RE, text, values, SUBMIT_VARIABLES)
 
 
 def substitute_tree(obj, values: dict, launch: bool = False):

@@ -125,6 +125,10 @@ class AgentLauncher:
         for task in self._tasks:
             task.cancel()
         self._sock.close(0)
+        try:
+            os.unlink(self.address[len("ipc://"):])
+        except OSError:
+            pass
 
     # ----- outgoing -----
     def launch(self, tasks, now: float) -> None:

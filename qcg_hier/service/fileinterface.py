@@ -28,6 +28,7 @@ def load_requests(path) -> list:
 
 class FileInterface:
     name = "FILE"
+    read_to_end = True  # the service does not stop before every request of the file is answered
 
     def __init__(self, path):
         self.path = path
@@ -64,6 +65,7 @@ class FileInterface:
         deadline = asyncio.get_running_loop().time() + limit
         while not service.launcher.ready and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.005)
+        await asyncio.sleep(0)  # the scheduling pass that readiness asked for runs first
 
     async def close(self) -> None:
         pass

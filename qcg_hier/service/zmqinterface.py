@@ -198,6 +198,8 @@ class ZmqInterface:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        # let the cancelled tasks unwind (the monitor's cleanup needs the socket still open)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for sock in (self.sock, self.pub_sock):
             if sock is not None:
                 sock.close(0)
