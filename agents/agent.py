@@ -1,26 +1,44 @@
 """Node-local launcher agent of qcg-hier.
 
 One agent runs on every compute node.  It talks to the manager over a single
-zmq DEALER socket, spawns the tasks it is told to run (``os.posix_spawn``, one
-process group per task), binds them to CPUs, enforces wall time, kills them on
-cancel, reaps them and reports their exits in batches together with their
-resource usage.
+zmq DEALER socket (identity = node name), spawns the tasks it is told to run
+(``os.posix_spawn``, one process group per task), binds them to CPUs, enforces
+wall time, kills them on cancel, reaps them and reports their exits in batches
+together with their resource usage.
 
-Wire format: each zmq message is a single frame holding an orjson-encoded JSON
-array of messages; every message is a JSON array whose first element is its
-kind (see the project documentation for the list of kinds).
+Wire format: every zmq message is ONE frame holding an orjson-encoded JSON
+array of messages; each message is a JSON array whose first element is its
+kind.
 
-Design notes (speed matters: the agent must add only a few tens of
-microseconds per task on top of the bare ``posix_spawn`` + ``wait4`` cost):
+manager -> agent::
 
-* one thread, one loop; a ``zmq.Poller`` watches the DEALER socket and the
-  read end of a non-blocking pipe installed with ``signal.set_wakeup_fd`` so
+    ["env", {NAME: value | null}]      update the base environment
+    ["run", tid, spec]                 spec: argv, wd, env, stdin, stdout,
+                                       stderr, cpus, wt, grace
+    ["cancel", tid, grace]             SIGTERM, SIGKILL after grace seconds
+    ["ping", x]                        answered with ["pong", x]
+    ["exit"]                           kill everything, report, "bye", exit 0
+
+agent -> manager::
+
+    ["ready", {"node", "pid", "host", "cpus"}]
+    ["done", tid, pid, rc, start, end, cpu, maxrss_kb, reason, error]
+    ["pong", x]   ["hb", time]   ["bye", node]
+
+How it stays fast (a few tens of microseconds per task on top of the bare
+``posix_spawn`` + ``wait4`` cost):
+
+* one thread, one loop: a ``zmq.Poller`` watches the DEALER socket and the
+  read end of a non-blocking pipe installed with ``signal.set_wakeup_fd``, so
   that SIGCHLD (and SIGTERM/SIGINT) wake the loop up;
+* SIGCHLD is blocked while the loop works and unblocked only around the poll:
+  the exits of a whole batch cost one signal delivery;
 * no per-task objects beyond a small ``__slots__`` record, no per-task
-  sockets, threads or logging;
-* everything produced in one loop iteration (``done``, ``pong``, ...) is sent
-  in one frame;
-* stdio of tasks without redirection use /dev/null descriptors opened once;
+  sockets, threads or logging; everything produced in one iteration is sent in
+  one frame (and, in long batches, ended tasks are reported every few
+  launches so that the manager can refill the node early);
+* the agent's own descriptors 0-2 are /dev/null (its diagnostics go to a
+  private copy of stderr), so tasks without redirections need no file actions;
 * CPU binding is changed lazily (only when the mask needed differs from the
   current one) and the original mask is restored at the end of the batch;
 * merged environments and PATH look-ups are cached.
@@ -29,6 +47,7 @@ microseconds per task on top of the bare ``posix_spawn`` + ``wait4`` cost):
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import heapq
 import logging
 import os
@@ -55,6 +74,10 @@ REAP_ON_EXIT_TIMEOUT = 5.0
 # Upper bound of frames read from the socket in one loop iteration, so that a
 # flood of requests cannot starve reaping and timers.
 MAX_FRAMES_PER_ITERATION = 256
+MAX_BATCH_SECONDS = 0.05
+# While launching a long batch, look for ended tasks every this many launches
+# and report them at once (keeps the manager's pipeline full).
+REPORT_EVERY = 16
 # Default search path when the task environment has no PATH (glibc's _CS_PATH).
 DEFAULT_PATH = "/bin:/usr/bin"
 
@@ -108,6 +131,7 @@ class Agent:
         curve_public_key: str | None = None,
         curve_secret_key: str | None = None,
         linger: int = 1000,
+        detach_stdio: bool = False,
     ):
         self.address = address
         self.node = node
@@ -117,6 +141,9 @@ class Agent:
         self.curve_public_key = curve_public_key
         self.curve_secret_key = curve_secret_key
         self.linger = linger
+        # True when the agent owns the process (run by main()): its own
+        # descriptors 0-2 are then redirected to /dev/null.
+        self.detach_stdio = detach_stdio
 
         self.base_env: dict[str, str] = dict(os.environ)
         self._env_cache: dict = {}
@@ -134,6 +161,8 @@ class Agent:
         self.now = time.monotonic()
         self.stop_signal = 0
         self._backlog: list = []
+        self.report_every = REPORT_EVERY
+        self._since_reap = 0
 
         self.ctx = None
         self.sock = None
@@ -149,8 +178,21 @@ class Agent:
         self.null_r = os.open(os.devnull, _RFLAGS)
         self.null_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         d = os.POSIX_SPAWN_DUP2
-        self.null_actions = [(d, self.null_r, 0), (d, self.null_w, 1), (d, self.null_w, 2)]
+        if self.detach_stdio:
+            # Tasks inherit the agent's descriptors 0-2 unless redirected.
+            # main() moved the agent's own diagnostics to a private copy of
+            # stderr, so point 0-2 at /dev/null once: tasks without
+            # redirections then need no file actions at all (each one costs
+            # syscalls and time in posix_spawn).
+            os.dup2(self.null_r, 0)
+            os.dup2(self.null_w, 1)
+            os.dup2(self.null_w, 2)
+            self.null_actions = None
+        else:
+            self.null_actions = [(d, self.null_r, 0), (d, self.null_w, 1), (d, self.null_w, 2)]
 
+        # start from a clean signal mask whatever our parent left us
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wake_r, self._wake_w = r, w
         signal.signal(signal.SIGCHLD, _noop_handler)
@@ -225,6 +267,10 @@ class Agent:
         hb = self.heartbeat_interval
         mto = self.manager_timeout
         heap = self.heap
+        sigmask = signal.pthread_sigmask
+        SIG_BLOCK, SIG_UNBLOCK = signal.SIG_BLOCK, signal.SIG_UNBLOCK
+        chld = (signal.SIGCHLD,)
+        sigmask(SIG_BLOCK, chld)
 
         self.now = now = monotonic()
         self.last_recv = now
@@ -248,7 +294,13 @@ class Agent:
             timeout = int((deadline - monotonic()) * 1000.0 + 0.999)
             if timeout < 0:
                 timeout = 0
+            # SIGCHLD is blocked while we work so that the exits of a whole
+            # batch of tasks cost one signal delivery, not one each; it is
+            # unblocked only while waiting (a pending one then writes to the
+            # wakeup pipe at once, so no exit is missed).
+            sigmask(SIG_UNBLOCK, chld)
             events = poll(timeout)
+            sigmask(SIG_BLOCK, chld)
             self.now = now = monotonic()
             out: list = []
 
@@ -270,6 +322,7 @@ class Agent:
             # ---- requests
             if sock_ready:
                 self.cwd = None
+                limit = now + MAX_BATCH_SECONDS
                 for _ in range(MAX_FRAMES_PER_ITERATION):
                     try:
                         frame = recv(NOBLOCK)
@@ -281,6 +334,9 @@ class Agent:
                     except orjson.JSONDecodeError:
                         log.warning("ignoring undecodable frame of %d bytes", len(frame))
                         continue
+                    if type(msgs) is not list:
+                        log.warning("ignoring frame that is not a JSON array: %.200r", frame)
+                        continue
                     if self._handle(msgs, out):
                         log.info("exit requested by the manager")
                         self._kill_all(out)
@@ -288,6 +344,9 @@ class Agent:
                         self._flush(out)
                         self._close(self.linger)
                         return EXIT_OK
+                    self.now = now = monotonic()
+                    if now > limit:
+                        break  # more later: timers and heartbeats first
                 if self.cur_cpus is not None:
                     os.sched_setaffinity(0, self.orig_cpus)
                     self.cur_cpus = None
@@ -323,7 +382,7 @@ class Agent:
         try:
             self.sock.send(orjson.dumps(out), zmq.NOBLOCK)
         except zmq.Again:
-            self._backlog = out
+            self._backlog = list(out)
             return False
         self.last_send = self.now
         return True
@@ -335,11 +394,22 @@ class Agent:
         if msgs and type(msgs[0]) is str:  # a lone message, not a batch
             msgs = [msgs]
         launch = self._launch
+        every = self.report_every
         for m in msgs:
             try:
                 kind = m[0]
                 if kind == "run":
                     launch(m[1], m[2] if len(m) > 2 else None, out)
+                    self._since_reap += 1
+                    if self._since_reap >= every:
+                        # Long batch: report tasks that already ended now
+                        # rather than at the end of the batch, so that the
+                        # manager can refill the node sooner.
+                        k = len(out)
+                        self._reap(out)
+                        if len(out) > k:
+                            self._flush(out)
+                            del out[:]
                 elif kind == "ping":
                     out.append(["pong", m[1] if len(m) > 1 else None])
                 elif kind == "cancel":
@@ -435,16 +505,26 @@ class Agent:
         return fd
 
     def _redirect(self, sin, sout, serr, opened):
-        f0 = self.null_r if sin is None else self._open("stdin", sin, _RFLAGS, opened)
-        f1 = self.null_w if sout is None else self._open("stdout", sout, _WFLAGS, opened)
-        if serr is None:
-            f2 = self.null_w
-        elif serr == sout:
-            f2 = f1
-        else:
-            f2 = self._open("stderr", serr, _WFLAGS, opened)
+        """File actions for a task with at least one redirected stream."""
         d = os.POSIX_SPAWN_DUP2
-        return [(d, f0, 0), (d, f1, 1), (d, f2, 2)]
+        actions = []
+        inherit_null = self.detach_stdio  # the agent's own 0-2 are /dev/null
+        if sin is not None:
+            actions.append((d, self._open("stdin", sin, _RFLAGS, opened), 0))
+        elif not inherit_null:
+            actions.append((d, self.null_r, 0))
+        f1 = self.null_w
+        if sout is not None:
+            f1 = self._open("stdout", sout, _WFLAGS, opened)
+            actions.append((d, f1, 1))
+        elif not inherit_null:
+            actions.append((d, f1, 1))
+        if serr is not None:
+            f2 = f1 if serr == sout else self._open("stderr", serr, _WFLAGS, opened)
+            actions.append((d, f2, 2))
+        elif not inherit_null:
+            actions.append((d, self.null_w, 2))
+        return actions
 
     def _bind(self, cpus):
         if cpus is None:
@@ -486,10 +566,15 @@ class Agent:
             cpus = spec.get("cpus") or None
             if cpus != self.cur_cpus:
                 self._bind(cpus)
+            wt = spec.get("wt")
+            if wt is not None:
+                wt = float(wt)
+            grace = spec.get("grace")
+            grace = DEFAULT_GRACE if grace is None else float(grace)
             start = time.time()
             try:
                 pid = os.posix_spawn(prog, argv, env, file_actions=actions, setpgroup=0,
-                                     setsigdef=_RESET_SIGNALS)
+                                     setsigmask=(), setsigdef=_RESET_SIGNALS)
             except OSError as e:
                 if not searched:
                     raise LaunchError(f"cannot execute '{argv[0]}': {_why(e)}") from None
@@ -500,7 +585,7 @@ class Agent:
                 start = time.time()
                 try:
                     pid = os.posix_spawn(prog2, argv, env, file_actions=actions, setpgroup=0,
-                                         setsigdef=_RESET_SIGNALS)
+                                         setsigmask=(), setsigdef=_RESET_SIGNALS)
                 except OSError as e2:
                     raise LaunchError(f"cannot execute '{argv[0]}': {_why(e2)}") from None
         except LaunchError as e:
@@ -510,9 +595,7 @@ class Agent:
         except Exception as e:
             err = f"invalid task specification: {type(e).__name__}: {e}"
         else:
-            wt = spec.get("wt")
-            grace = spec.get("grace")
-            task = Task(tid, pid, start, wt, DEFAULT_GRACE if grace is None else grace)
+            task = Task(tid, pid, start, wt, grace)
             self.by_pid[pid] = task
             self.by_tid[tid] = task
             if wt is not None:
@@ -580,6 +663,7 @@ class Agent:
     # ------------------------------------------------------------------ reaping
 
     def _reap(self, out):
+        self._since_reap = 0
         by_pid = self.by_pid
         by_tid = self.by_tid
         wait4 = os.wait4
@@ -676,12 +760,22 @@ def _read_keys(path):
     return data["public"], data["secret"]
 
 
+def _positive(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m qcg_hier_agent", description="qcg-hier node agent")
     p.add_argument("--manager", required=True, help="manager address, e.g. tcp://host:5555")
     p.add_argument("--node", required=True, help="node name (used as the zmq identity)")
-    p.add_argument("--heartbeat-interval", type=float, default=2.0)
-    p.add_argument("--manager-timeout", type=float, default=10.0)
+    p.add_argument("--heartbeat-interval", type=_positive, default=2.0,
+                   help="send 'hb' after this many idle seconds (default 2)")
+    p.add_argument("--manager-timeout", type=_positive, default=10.0,
+                   help="kill all tasks and exit (code 3) after this many seconds "
+                        "without any message from the manager (default 10)")
     p.add_argument("--curve-server-key", default=None, help="manager's CURVE public key (Z85)")
     p.add_argument("--curve-keys-file", default=None,
                    help='JSON file with the agent\'s CURVE keypair: {"public": Z85, "secret": Z85}')
@@ -701,8 +795,23 @@ def _setup_logging(path, level):
     log.propagate = False
 
 
+def _private_stderr():
+    """Move the agent's diagnostics to a private (close-on-exec) copy of stderr.
+
+    The agent later points its descriptor 2 at /dev/null (tasks inherit it);
+    Python-level output (logging, tracebacks, fatal error dumps) keeps going
+    to the original stderr through this copy.
+    """
+    stream = open(os.dup(2), "w", buffering=1, errors="backslashreplace")
+    sys.stderr = stream
+    faulthandler.enable(file=stream)
+    return stream
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    _ensure_std_fds()
+    _private_stderr()
     _setup_logging(os.path.abspath(args.log_file) if args.log_file else None, args.log_level)
 
     if args.parent_death_signal:
@@ -733,5 +842,6 @@ def main(argv=None) -> int:
         curve_server_key=args.curve_server_key,
         curve_public_key=pub,
         curve_secret_key=sec,
+        detach_stdio=True,
     )
     return agent.run()

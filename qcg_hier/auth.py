@@ -49,6 +49,10 @@ class Credentials:
         data = orjson.loads(path.read_bytes())
         return cls(data["server_public"], data["client_public"], data["client_secret"])
 
+    @staticmethod
+    def remove(service_dir: Path) -> None:
+        (Path(service_dir) / CREDENTIALS_FILE).unlink(missing_ok=True)
+
     @classmethod
     def from_env(cls, env=None) -> "Credentials | None":
         env = os.environ if env is None else env

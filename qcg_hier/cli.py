@@ -159,6 +159,8 @@ def _network(opts, service_dir):
     if opts.auth == "curve":
         credentials = Credentials.generate()
         credentials.save(service_dir)
+    else:
+        Credentials.remove(service_dir)  # an earlier run's keys would mislead clients
     return ZmqInterface(opts.net_bind or "127.0.0.1", opts.net_port, opts.net_port_min, opts.net_port_max,
                         opts.net_pub_port, credentials, enable_pub=not opts.disable_pub)
 

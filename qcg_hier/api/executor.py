@@ -8,11 +8,14 @@ A future's `result(timeout)` honours the timeout; `cancel()` cancels a queued or
 """
 import ast
 import concurrent.futures
+import logging
 import string
 import threading
 import time
 
 from .errors import QCGPJMAError
+
+log = logging.getLogger("qcg_hier.executor")
 from .jobs import Jobs
 from .manager import FINAL_STATES, LocalManager, Manager
 
@@ -111,12 +114,16 @@ class Executor(concurrent.futures.Executor):
         last_check = 0.0
         try:
             while not self._stop.is_set():
-                event = watcher._next_event(0.5)
-                if event and event[0] == "JFI":
-                    self._finished(event[1].get("job"), event[1].get("state"))
-                if time.monotonic() - last_check > 2.0:
-                    last_check = time.monotonic()
-                    self._recheck(watcher)
+                try:
+                    event = watcher._next_event(0.5)
+                    if event and event[0] == "JFI":
+                        self._finished(event[1].get("job"), event[1].get("state"))
+                    if time.monotonic() - last_check > 2.0:
+                        last_check = time.monotonic()
+                        self._recheck(watcher)
+                except QCGPJMAError as exc:  # a slow service must not stop the futures from settling
+                    log.warning("executor watcher: %s (retrying)", exc)
+                    time.sleep(0.5)
         finally:
             watcher.cleanup()
 

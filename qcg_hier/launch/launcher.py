@@ -88,8 +88,10 @@ class AgentLauncher:
         self._sock = self._zctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.address = f"ipc://{self.service_dir}/agents.sock"
-        self._sock.bind(self.address)
+        # loopback TCP: no socket-path length limit (deep working directories), and remote agents
+        # in an allocation use the same kind of endpoint
+        port = self._sock.bind_to_random_port("tcp://127.0.0.1")
+        self.address = f"tcp://127.0.0.1:{port}"
         self._tasks.append(asyncio.ensure_future(self._receive()))
         self._tasks.append(asyncio.ensure_future(self._watch()))
         for name in sorted(self._expected):
@@ -125,10 +127,6 @@ class AgentLauncher:
         for task in self._tasks:
             task.cancel()
         self._sock.close(0)
-        try:
-            os.unlink(self.address[len("ipc://"):])
-        except OSError:
-            pass
 
     # ----- outgoing -----
     def launch(self, tasks, now: float) -> None:

@@ -182,8 +182,7 @@ class Handlers:
             raise RequestError("'options' must be an object")
         if options.get("allJobsFinished"):
             finished = self.s.core.all_finished()
-            if not finished:
-                self.s.noj_wanted = True
+            self.s.answered_all_finished(finished)
             return protocol.ok({"AllJobsFinished": finished})
         return protocol.ok(self.s.status())
 

@@ -66,6 +66,8 @@ class ManagerService:
         self.network = None  # the ZmqInterface, when --net
         self.publisher = None
         self.noj_wanted = False  # someone was told "not all finished": NOJ is owed at the end
+        self.events_since_noj = False  # IFI/JFI published since the last NOJ
+        self.reply_delay = 0.0  # set by a handler: the network interface holds that reply back
         self._pass_pending = False
         self._done = asyncio.Event()
         self._loop = None
@@ -83,9 +85,9 @@ class ManagerService:
         self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._on_signal, sig)
-        if self.network is not None:
-            self._open_network()
         await self.launcher.start()
+        if self.network is not None:
+            self._open_network()  # after the launcher: the address is advertised only by a working service
         runners = [asyncio.ensure_future(iface.run(self)) for iface in self.interfaces]
         flusher = asyncio.ensure_future(self._flush_periodically())
         if self.progress:
@@ -106,6 +108,8 @@ class ManagerService:
         self._process_events()
         self.report.close()
         write_final_status(self.service_dir, self.status(final=True))
+        if self.network is not None:
+            (self.service_dir / "address").unlink(missing_ok=True)  # nobody answers there any more
         log.info("service %s finished", self.instance_id)
 
     def _open_network(self) -> None:
@@ -247,16 +251,35 @@ class ManagerService:
                 topic = "IFI" if state.is_final else "IST"
                 if topic in wanted:
                     pub.publish(topic, {"job": job.name, "state": state.value, "it": it})
+                    self.events_since_noj |= state.is_final
             elif kind == "job":
                 _, job, state = event
                 if "JST" in wanted:
                     pub.publish("JST", {"job": job.name, "state": state.value})
                 if state.is_final and "JFI" in wanted:
                     pub.publish("JFI", {"job": job.name, "state": state.value})
+                    self.events_since_noj = True
             elif kind == "idle" and self.noj_wanted:
                 # only when a client was told "not finished": a stale NOJ must not end a later wait4all
-                self.noj_wanted = False
-                pub.publish("NOJ", {})
+                self._publish_noj()
+
+    def _publish_noj(self) -> None:
+        self.noj_wanted = self.events_since_noj = False
+        self.publisher.publish("NOJ", {})
+
+    def answered_all_finished(self, finished: bool) -> None:
+        """A client asked whether everything has finished (upstream's wait4all does, then waits for NOJ).
+
+        "No": NOJ is owed when everything ends. "Yes" while finished-events were published since
+        the last NOJ: upstream's client takes any unread event as "not finished" and waits for a
+        NOJ, so one is published now and the reply held back a little, so that the NOJ is already
+        queued when the client looks and none is left over to end a later wait early.
+        """
+        if not finished:
+            self.noj_wanted = True
+        elif self.publisher is not None and self.events_since_noj:
+            self._publish_noj()
+            self.reply_delay = 0.01
 
     # ------------------------------------------------------------ status
     def status(self, final: bool = False) -> dict:

@@ -154,10 +154,17 @@ class ZmqInterface:
             identity, body = frames[0].bytes, frames[-1]
             delimiter = [b""] if len(frames) > 2 else []
             response = self._answer(service, body)
-            try:
-                await sock.send_multipart([identity, *delimiter, protocol.encode(response)], flags=zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                log.warning("reply dropped: %s", exc)
+            frames = [identity, *delimiter, protocol.encode(response)]
+            if service.reply_delay:
+                asyncio.get_running_loop().call_later(service.reply_delay, self._reply, frames)
+                service.reply_delay = 0.0
+            else:
+                self._reply(frames)
+
+    def _reply(self, frames) -> None:
+        sent = self.sock.send_multipart(frames, flags=zmq.NOBLOCK)  # a future, done at once
+        if sent.done() and sent.exception() is not None:
+            log.warning("reply dropped: %s", sent.exception())
 
     def _answer(self, service, body) -> dict:
         if len(body) > MAX_REQUEST_BYTES:
@@ -178,13 +185,27 @@ class ZmqInterface:
         events = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         monitor = self.sock.get_monitor_socket(events)
+        throttle = {}  # kind -> [time of the last refusal, next time a line may be written, window, unlogged]
         try:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())
                 self.refused += 1
+                kind = zmq.Event(event["event"]).name
+                # A refused client retries every ~100 ms. Log the first refusal at once, then at most one
+                # line per window, the window doubling up to a minute while refusals keep coming.
+                now = asyncio.get_running_loop().time()
+                last, next_line, window, unlogged = throttle.get(kind, (-1e9, 0.0, 0.5, 0))
+                if now - last > 60:
+                    window = 0.5
+                if now < next_line:
+                    throttle[kind] = [now, next_line, window, unlogged + 1]
+                    continue
+                window = min(window * 2, 60.0)
+                throttle[kind] = [now, now + window, window, 0]
+                more = unlogged
                 log.warning("refused a connection on %s: handshake failed (%s, code %s): the peer does not hold "
-                            "this instance's credentials", event["endpoint"].decode(errors="replace"),
-                            zmq.Event(event["event"]).name, event["value"])
+                            "this instance's credentials%s", event["endpoint"].decode(errors="replace"),
+                            kind, event["value"], f" ({more} more refusals of this kind)" if more else "")
         finally:
             self.sock.disable_monitor()
             monitor.close(0)

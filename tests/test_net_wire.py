@@ -1,0 +1,396 @@
+"""The network interface on the wire: raw ZeroMQ against `qcg-pm-service --net`.
+
+Bad input of every kind gets `{"code": 1, "message": ...}` and leaves the service serving
+(with the jobs submitted earlier still there); CURVE refuses strangers; a client that never
+reads cannot block the others; many clients at once are each served exactly once; PUB
+events come in upstream's format.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+
+import pytest
+import zmq
+
+from net_helpers import FINAL, free_port, start_net_service, wait_for
+
+KEEP = "keepme"
+
+
+def _start_with_keeper(wd, **kw):
+    svc = start_net_service(wd, **kw)
+    try:
+        reply = svc.request({"request": "submit", "jobs": [{"name": KEEP, "execution": {"exec": "/bin/true"}}]})
+        assert reply["code"] == 0, reply
+        svc.wait_final([KEEP])
+    except BaseException:
+        svc.stop()
+        raise
+    return svc
+
+
+@pytest.fixture(scope="module")
+def ports():
+    port = free_port()
+    pub = free_port()
+    while pub == port:
+        pub = free_port()
+    return port, pub
+
+
+@pytest.fixture(scope="module")
+def open_svc(tmp_path_factory, ports):
+    port, pub = ports
+    svc = _start_with_keeper(tmp_path_factory.mktemp("wire-none"), auth="none", nodes="8",
+                             args=["--net-port", port, "--net-pub-port", pub], instance_id="wire-none")
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def curve_svc(tmp_path_factory):
+    svc = _start_with_keeper(tmp_path_factory.mktemp("wire-curve"), auth="curve", nodes="4",
+                             instance_id="wire-curve")
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(params=["none", "curve"])
+def svc(request, open_svc, curve_svc):
+    return open_svc if request.param == "none" else curve_svc
+
+
+def assert_still_serving(svc) -> None:
+    reply = svc.request({"request": "listJobs"}, timeout=5)
+    assert reply["code"] == 0, reply
+    assert reply["data"]["jobs"][KEEP]["status"] == "SUCCEED", reply
+    assert svc.proc.poll() is None, svc.describe()
+
+
+def assert_error(reply: dict, *fragments: str) -> None:
+    assert reply["code"] == 1, reply
+    assert set(reply) == {"code", "message"}, reply
+    message = reply["message"]
+    assert isinstance(message, str) and message.strip(), reply
+    for fragment in fragments:
+        assert fragment.lower() in message.lower(), f"{fragment!r} not in {message!r}"
+
+
+# ================================================================ bad input
+@pytest.mark.parametrize("payload, fragments", [
+    (b"this is not json", ("Invalid request", "JSON")),
+    (b'{"request": "listJobs"', ("Invalid request", "JSON")),
+    (b"", ("Invalid request",)),
+    (b"[1, 2, 3]", ("Invalid request",)),
+    (b'["request", "listJobs"]', ("Invalid request",)),
+    (b"42", ("Invalid request",)),
+    (b'"listJobs"', ("Invalid request",)),
+    (b"null", ("Invalid request",)),
+    (b"{}", ("Invalid request",)),
+    (b'{"jobs": []}', ("Invalid request",)),
+    (b'{"request": 5}', ("Invalid request",)),
+    (b'{"request": null}', ("Invalid request",)),
+    (b'{"request": "noSuchRequest"}', ("Unknown request name", "noSuchRequest")),
+    (b'{"request": "__init__"}', ("Unknown request name",)),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, ("Invalid request",), id="deeply-nested"),
+    pytest.param(b'{"request": "listJobs", "x": "\xff\xfe"}', ("Invalid request",), id="bad-utf8"),
+])
+def test_malformed_requests_get_an_error_and_the_service_goes_on(svc, payload, fragments):
+    assert_error(svc.request(payload), *fragments)
+    assert_still_serving(svc)
+
+
+@pytest.mark.parametrize("req, fragments", [
+    ({"request": "jobStatus", "jobNames": KEEP}, ("jobNames",)),
+    ({"request": "jobStatus", "jobNames": []}, ("jobNames",)),
+    ({"request": "jobStatus", "jobNames": [1, 2]}, ("jobNames",)),
+    ({"request": "jobStatus"}, ("jobNames",)),
+    ({"request": "jobInfo", "jobNames": {"a": 1}}, ("jobNames",)),
+    ({"request": "cancelJob", "jobNames": 7}, ("jobNames",)),
+    ({"request": "removeJob", "jobNames": None}, ("jobNames",)),
+    ({"request": "submit", "jobs": {"name": "x", "execution": {"exec": "/bin/true"}}}, ("jobs",)),
+    ({"request": "submit", "jobs": "x"}, ("jobs",)),
+    ({"request": "submit", "jobs": []}, ("jobs",)),
+    ({"request": "submit"}, ("jobs",)),
+    ({"request": "submit", "jobs": [1]}, ("object",)),
+    ({"request": "submit", "jobs": [{"name": "x"}]}, ("execution",)),
+    ({"request": "submit", "jobs": [{"name": "x", "execution": {"exec": 5}}]}, ("exec",)),
+    ({"request": "jobInfo", "jobNames": [KEEP], "params": "withChilds"}, ("params",)),
+    ({"request": "jobInfo", "jobNames": [KEEP], "params": [1]}, ("params",)),
+    ({"request": "status", "options": "allJobsFinished"}, ("options",)),
+    ({"request": "control", "command": "nope"}, ("nope",)),
+])
+def test_wrong_field_types_get_a_clear_error(svc, req, fragments):
+    assert_error(svc.request(req), *fragments)
+    assert_still_serving(svc)
+
+
+def test_rejected_submit_accepts_nothing(open_svc):
+    reply = open_svc.request({"request": "submit", "jobs": [
+        {"name": "half_ok", "execution": {"exec": "/bin/true"}}, {"name": "half_bad", "execution": {}}]})
+    assert_error(reply)
+    jobs = open_svc.data({"request": "listJobs"})["jobs"]
+    assert "half_ok" not in jobs and "half_bad" not in jobs
+
+
+def test_binary_garbage(svc):
+    garbage = bytes(range(256)) * 40 + b"\x00\xff\xfe"
+    assert_error(svc.request(garbage), "Invalid request")
+    assert_still_serving(svc)
+
+
+def test_multiframe_garbage_from_dealer(open_svc):
+    sock = open_svc.socket()
+    try:
+        sock.send_multipart([b"\x00\x01", b"more", b"{\"request\": \"resourcesInfo\"}"])
+        if sock.poll(2000):
+            sock.recv_multipart()  # any reply is fine; the service must simply survive
+    finally:
+        sock.close(0)
+    assert_still_serving(open_svc)
+
+
+def test_100_mb_message_gets_an_error_reply(open_svc):
+    big = b'{"request": "listJobs", "pad": "' + b"x" * (100 << 20) + b'"}'
+    t0 = time.monotonic()
+    reply = open_svc.request(big, timeout=30)
+    assert_error(reply, "bytes")
+    del big
+    assert time.monotonic() - t0 < 20
+    assert_still_serving(open_svc)
+
+
+def test_upstream_req_socket_is_served(svc):
+    sock = svc.socket(zmq.REQ)
+    try:
+        sock.send(json.dumps({"request": "resourcesInfo"}).encode())
+        assert sock.poll(5000)
+        reply = json.loads(sock.recv())
+    finally:
+        sock.close(0)
+    assert reply["code"] == 0 and reply["data"]["total_cores"] in (4, 8)
+
+
+# ================================================================ CURVE
+def _wrong_keys(svc, kind: str) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    if kind == "other-client-key":
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey = svc.credentials["server_public"].encode()
+        sock.curve_publickey, sock.curve_secretkey = public, secret
+    elif kind == "other-server-key":
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey = zmq.curve_keypair()[0]
+        sock.curve_publickey = svc.credentials["client_public"].encode()
+        sock.curve_secretkey = svc.credentials["client_secret"].encode()
+    elif kind == "stolen-public-key":  # the client's public key without its secret
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey = svc.credentials["server_public"].encode()
+        sock.curve_publickey = svc.credentials["client_public"].encode()
+        sock.curve_secretkey = secret
+    sock.connect(svc.address)
+    return sock
+
+
+@pytest.mark.parametrize("kind", ["no-curve", "other-client-key", "other-server-key", "stolen-public-key"])
+def test_curve_service_refuses_strangers(curve_svc, kind):
+    before = curve_svc.log_text.lower().count("refused")
+    sock = _wrong_keys(curve_svc, kind)
+    try:
+        sock.send_multipart([b"", json.dumps({"request": "submit", "jobs": [
+            {"name": f"intruder_{kind}", "execution": {"exec": "/bin/true"}}]}).encode()], flags=zmq.NOBLOCK)
+    except zmq.Again:
+        pass  # no connection was ever made: nothing could be queued
+    try:
+        assert not sock.poll(1000), "a client without the instance's keys got a reply"
+    finally:
+        sock.close(0)
+    assert wait_for(lambda: curve_svc.log_text.lower().count("refused") > before, 5), curve_svc.describe()
+    assert_still_serving(curve_svc)
+    assert f"intruder_{kind}" not in curve_svc.data({"request": "listJobs"})["jobs"]
+
+
+def test_curve_service_publisher_refuses_strangers(curve_svc):
+    pub = curve_svc.data({"request": "status"})["System"]["StatusPublisher"]
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.linger = 0
+    sub.subscribe(b"")
+    sub.connect(pub)
+    try:
+        time.sleep(0.3)
+        curve_svc.request({"request": "submit", "jobs": [{"name": "pubprobe", "execution": {"exec": "/bin/true"}}]})
+        curve_svc.wait_final(["pubprobe"])
+        assert not sub.poll(300), "an unauthenticated subscriber got a status event"
+    finally:
+        sub.close(0)
+
+
+# ================================================================ a client that never reads
+def test_client_that_never_reads_does_not_block_others(open_svc):
+    hog = open_svc.socket()
+    try:
+        for _ in range(1000):
+            hog.send_multipart([b"", b'{"request": "listJobs"}'])
+        time.sleep(0.2)
+        for _ in range(5):
+            t0 = time.monotonic()
+            reply = open_svc.request({"request": "resourcesInfo"}, timeout=5)
+            assert reply["code"] == 0
+            assert time.monotonic() - t0 < 0.5
+        assert_still_serving(open_svc)
+    finally:
+        hog.close(0)
+    assert_still_serving(open_svc)
+
+
+# ================================================================ many clients at once
+def test_100_clients_submitting_at_once(tmp_path_factory):
+    svc = start_net_service(tmp_path_factory.mktemp("crowd"), auth="none", nodes="32", instance_id="crowd")
+    try:
+        replies: list = []
+        errors: list = []
+        barrier = threading.Barrier(100)
+
+        def client(c: int) -> None:
+            sock = svc.socket()
+            try:
+                barrier.wait(10)
+                for j in range(5):
+                    reply = svc.request({"request": "submit", "jobs": [
+                        {"name": f"c{c}_j{j}", "execution": {"exec": "/bin/true"}}]}, timeout=30, sock=sock)
+                    replies.append(reply)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(repr(exc))
+            finally:
+                sock.close(0)
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors[:5]
+        assert len(replies) == 500
+        assert all(r["code"] == 0 and r["data"]["submitted"] == 1 for r in replies), \
+            [r for r in replies if r["code"] != 0][:3]
+        names = sorted(r["data"]["jobs"][0] for r in replies)
+        expected = sorted(f"c{c}_j{j}" for c in range(100) for j in range(5))
+        assert names == expected
+        listed = svc.data({"request": "listJobs"})
+        assert listed["length"] == 500 and sorted(listed["jobs"]) == expected
+
+        def all_succeeded() -> bool:
+            jobs = svc.data({"request": "listJobs"})["jobs"]
+            return all(e["status"] in FINAL for e in jobs.values())
+
+        assert wait_for(all_succeeded, 60, 0.2), svc.describe()
+        jobs = svc.data({"request": "listJobs"})["jobs"]
+        assert {e["status"] for e in jobs.values()} == {"SUCCEED"}
+        stats = svc.data({"request": "status"})["JobStats"]
+        assert stats["TotalJobs"] == 500 and stats["FinishedJobs"] == 500
+    finally:
+        svc.stop()
+
+
+# ================================================================ addresses and ports
+def test_address_file_and_net_port(open_svc, ports):
+    port, pub = ports
+    text = (open_svc.sdir / "address").read_text()
+    assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", text.strip()), text
+    assert text.strip() == f"tcp://127.0.0.1:{port}"
+    system = open_svc.data({"request": "status"})["System"]
+    assert system["Zmqaddress"] == text.strip()
+    assert "ZMQ" in system["Ifaces"]
+    # the port really is the service's
+    sock = open_svc.socket(address=f"tcp://127.0.0.1:{port}")
+    try:
+        assert open_svc.request({"request": "resourcesInfo"}, sock=sock)["code"] == 0
+    finally:
+        sock.close(0)
+
+
+def test_net_pub_port_is_honoured(open_svc, ports):
+    port, pub = ports
+    system = open_svc.data({"request": "status"})["System"]
+    assert system["StatusPublisher"] == f"tcp://127.0.0.1:{pub}"
+
+
+def test_curve_service_address_and_status_publisher(curve_svc):
+    system = curve_svc.data({"request": "status"})["System"]
+    assert system["Zmqaddress"] == (curve_svc.sdir / "address").read_text().strip()
+    assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", system["StatusPublisher"] or "")
+    assert system["StatusPublisher"] != system["Zmqaddress"]
+    mode = (curve_svc.sdir / "credentials.json").stat().st_mode & 0o777
+    assert mode == 0o600
+
+
+# ================================================================ PUB events
+def _parse_event(frame: bytes) -> tuple[str, dict]:
+    text = frame.decode()
+    topic, sep, body = text.partition(" ")
+    assert sep == " " and topic in ("JST", "JFI", "IST", "IFI", "NOJ"), text
+    return topic, json.loads(body)
+
+
+def test_pub_events_in_upstream_format(open_svc):
+    pub = open_svc.data({"request": "status"})["System"]["StatusPublisher"]
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.linger = 0
+    sub.subscribe(b"")
+    sub.connect(pub)
+    manager_id = open_svc.instance_id
+    try:
+        # wait until the subscription has reached the service (a probe job's JFI arrives)
+        got_probe = False
+        for n in range(20):
+            open_svc.data({"request": "submit", "jobs": [{"name": f"probe{n}", "execution": {"exec": "/bin/true"}}]})
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline and not got_probe:
+                if sub.poll(50):
+                    topic, body = _parse_event(sub.recv())
+                    got_probe = topic == "JFI" and body.get("job", "").startswith("probe")
+            if got_probe:
+                break
+        assert got_probe, "no JFI event for a probe job"
+        while sub.poll(300):
+            sub.recv()  # drop the probes' leftovers
+
+        open_svc.data({"request": "submit", "jobs": [
+            {"name": "ev_plain", "execution": {"script": "sleep 0.3"}},
+            {"name": "ev_iter", "iteration": {"stop": 2}, "execution": {"script": "sleep 0.3"}}]})
+        # a client told "not all finished" is owed a NOJ at the end
+        assert open_svc.data({"request": "status", "options": {"allJobsFinished": True}}) == {
+            "AllJobsFinished": False}
+        events = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if sub.poll(100):
+                events.append(_parse_event(sub.recv()))
+                if events[-1][0] == "NOJ":
+                    break
+        topics = {t for t, _ in events}
+        assert topics == {"JST", "JFI", "IST", "IFI", "NOJ"}, events
+        for topic, body in events:
+            assert body["manager"] == manager_id
+            if topic == "NOJ":
+                assert body == {"manager": manager_id}
+                continue
+            assert body["job"] in ("ev_plain", "ev_iter"), body
+            assert body["state"] in ("QUEUED", "SCHEDULED", "EXECUTING") + FINAL, body
+            if topic in ("IST", "IFI"):
+                assert set(body) == {"manager", "job", "state", "it"} and body["it"] in (0, 1), body
+            else:
+                assert set(body) == {"manager", "job", "state"}, body
+        assert ("JFI", {"manager": manager_id, "job": "ev_plain", "state": "SUCCEED"}) in events
+        assert ("JFI", {"manager": manager_id, "job": "ev_iter", "state": "SUCCEED"}) in events
+        ifi = sorted(b["it"] for t, b in events if t == "IFI" and b["job"] == "ev_iter")
+        assert ifi == [0, 1]
+        assert all(b["state"] in FINAL for t, b in events if t in ("JFI", "IFI"))
+        assert events[-1][0] == "NOJ"
+        assert any(t == "JST" and b["state"] == "EXECUTING" for t, b in events)
+    finally:
+        sub.close(0)
