@@ -53,6 +53,7 @@ import logging
 import os
 import signal
 import stat
+import socket
 import sys
 import time
 
@@ -770,7 +771,9 @@ def _positive(text):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m qcg_hier_agent", description="qcg-hier node agent")
     p.add_argument("--manager", required=True, help="manager address, e.g. tcp://host:5555")
-    p.add_argument("--node", required=True, help="node name (used as the zmq identity)")
+    p.add_argument("--node", default=None,
+                   help="node name, used as the zmq identity (default: $SLURMD_NODENAME, else the host name): "
+                        "one srun step starts the agents of every node with the same arguments")
     p.add_argument("--heartbeat-interval", type=_positive, default=2.0,
                    help="send 'hb' after this many idle seconds (default 2)")
     p.add_argument("--manager-timeout", type=_positive, default=10.0,
@@ -779,7 +782,7 @@ def parse_args(argv=None):
     p.add_argument("--curve-server-key", default=None, help="manager's CURVE public key (Z85)")
     p.add_argument("--curve-keys-file", default=None,
                    help='JSON file with the agent\'s CURVE keypair: {"public": Z85, "secret": Z85}')
-    p.add_argument("--log-file", default=None)
+    p.add_argument("--log-file", default=None, help="log file; %%n in it becomes the node name")
     p.add_argument("--log-level", default="info")
     p.add_argument("--parent-death-signal", action="store_true",
                    help="exit (SIGTERM) when the parent process dies")
@@ -810,9 +813,13 @@ def _private_stderr():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not args.node:
+        args.node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    if args.log_file:
+        args.log_file = os.path.abspath(args.log_file.replace("%n", args.node))
     _ensure_std_fds()
     _private_stderr()
-    _setup_logging(os.path.abspath(args.log_file) if args.log_file else None, args.log_level)
+    _setup_logging(args.log_file, args.log_level)
 
     if args.parent_death_signal:
         try:

@@ -69,11 +69,18 @@ class Credentials:
         sock.curve_publickey = self.client_public.encode()
         sock.curve_secretkey = self.client_secret.encode()
 
-    def secure_server(self, sock: zmq.Socket) -> None:
-        sock.zap_domain = b"qcg-hier"
+    def secure_server(self, sock: zmq.Socket, domain: str) -> None:
+        sock.zap_domain = domain.encode()
         sock.curve_server = True
         sock.curve_secretkey = self.server_secret.encode()
 
-    def allows(self, mechanism: bytes, credentials: list) -> bool:
-        return (mechanism == b"CURVE" and len(credentials) == 1
-                and credentials[0] == z85.decode(self.client_public.encode()))
+    def keys_file(self, path: Path) -> Path:
+        """The client key pair alone, for a node agent (its --curve-keys-file)."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps({"public": self.client_public, "secret": self.client_secret}))
+        return Path(path)
+
+
+def public_key_bytes(public_z85: str) -> bytes:
+    return z85.decode(public_z85.encode())

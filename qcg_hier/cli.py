@@ -18,8 +18,7 @@ from .service.servicedir import default_instance_id, make_service_dir, setup_log
 NOT_YET = {
     "governor": "--governor", "parent": "--parent", "slurm_partition_nodes": "--slurm-partition-nodes",
     "slurm_resources_file": "--slurm-resources-file", "resume": "--resume",
-    "slurm_limit_nodes_range_begin": "--slurm-limit-nodes-range-begin",
-    "slurm_limit_nodes_range_end": "--slurm-limit-nodes-range-end", "enable_proc_stats": "--enable-proc-stats",
+    "enable_proc_stats": "--enable-proc-stats",
     "enable_rt_stats": "--enable-rt-stats",
 }
 
@@ -30,17 +29,30 @@ def _local_gpus() -> tuple:
 
 
 def resolve_nodes(opts) -> list[NodeSpec]:
-    """--nodes, else this machine with the CPUs this process may use."""
+    """--nodes; else the Slurm allocation we run in; else this machine with the CPUs this process may use."""
+    from .launch import slurm
+
     gpus = tuple(g.strip() for g in opts.gpus.split(",") if g.strip()) if opts.gpus is not None else _local_gpus()
+    opts.slurm = False
     if opts.nodes:
         nodes = parse_nodes_option(opts.nodes, gpus)
+    elif opts.resources != "local" and slurm.in_allocation():
+        opts.slurm = True
+        nodes = slurm.allocation_nodes(begin=opts.slurm_limit_nodes_range_begin,
+                                       end=opts.slurm_limit_nodes_range_end)
+        if not nodes:
+            raise ResourceSpecError("no nodes left in the allocation after --slurm-limit-nodes-range-*")
+        nodes = [NodeSpec(n.name, n.cores, n.core_ids, gpus) for n in nodes]
     else:
         cpus = sorted(os.sched_getaffinity(0))
         nodes = [NodeSpec(name=socket.gethostname(), cores=len(cpus), gpus=gpus)]
     mem = opts.mem_per_node
     if mem is None:
-        import psutil
-        mem = psutil.virtual_memory().total // (1 << 20) // len(nodes)
+        if opts.slurm:
+            mem = int(os.environ.get("SLURM_MEM_PER_NODE", "0") or 0)  # 0: not accounted
+        else:
+            import psutil
+            mem = psutil.virtual_memory().total // (1 << 20) // len(nodes)
     return [NodeSpec(n.name, n.cores, n.core_ids, n.gpus, mem, n.tags) for n in nodes]
 
 
@@ -58,7 +70,8 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 @click.option("--file-path", default=None, help="Batch file: a JSON list of requests (implies --file).")
 @click.option("--wd", default=".", show_default=True, help="Working directory; the service directory goes inside.")
 @click.option("--envschema", default="auto", show_default=True, help="Job environment schema: auto, slurm, common.")
-@click.option("--resources", default="auto", show_default=True, help="Resource source: auto, local, slurm.")
+@click.option("--resources", type=click.Choice(["auto", "local", "slurm"]), default="auto", show_default=True,
+              help="Where the nodes come from: --nodes, else the Slurm allocation (auto), or this machine (local).")
 @click.option("--report-format", type=click.Choice(["json", "text", "none"]), default="json", show_default=True)
 @click.option("--report-file", default="jobs.report", show_default=True, help="Report file in the service directory.")
 @click.option("--nodes", default=None, help="Nodes as [name:]cores[,[name:]cores...], e.g. 8,8 or a:4,b:4.")
@@ -74,8 +87,10 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 @click.option("--id", "instance_id", default=None, help="Instance id (names the service directory).")
 @click.option("--tags", default=None, help="Comma separated tags of this manager.")
 @click.option("--slurm-partition-nodes", type=int, default=None, help="[not yet supported]")
-@click.option("--slurm-limit-nodes-range-begin", type=int, default=None, help="[not yet supported]")
-@click.option("--slurm-limit-nodes-range-end", type=int, default=None, help="[not yet supported]")
+@click.option("--slurm-limit-nodes-range-begin", type=int, default=None,
+              help="Use the allocation's nodes from this index on (0-based).")
+@click.option("--slurm-limit-nodes-range-end", type=int, default=None,
+              help="Use the allocation's nodes before this index.")
 @click.option("--slurm-resources-file", default=None, help="[not yet supported]")
 @click.option("--resume", default=None, help="Resume an earlier run [not yet supported].")
 @click.option("--enable-proc-stats", is_flag=True, help="[not yet supported]")

@@ -134,7 +134,10 @@ def main() -> int:
     a_n = r_n = 0
     ratios = []
     try:
-        driver.run(min(200, args.n), args.k)  # warm-up (imports, caches)
+        # symmetric warm-up (imports, caches, kernel slabs) of both sides
+        warm = min(1000, args.n)
+        driver.run(warm, args.k)
+        run_raw(warm, args.k, env)
         for c in range(args.chunks):
             m = args.n // args.chunks + (1 if c < args.n % args.chunks else 0)
             t, ac, dc = driver.run(m, args.k)

@@ -14,7 +14,8 @@ from .nodespec import NodeSpec
 
 
 class Node:
-    __slots__ = ("index", "name", "total", "free", "gpus", "free_gpus", "mem_mb", "free_mem", "alive", "tags")
+    __slots__ = ("index", "name", "total", "free", "gpus", "free_gpus", "mem_mb", "free_mem", "alive", "ready",
+                 "tags")
 
     def __init__(self, index: int, spec: NodeSpec):
         self.index = index
@@ -26,7 +27,8 @@ class Node:
         self.free_gpus = list(reversed(spec.gpus))
         self.mem_mb = spec.mem_mb
         self.free_mem = spec.mem_mb
-        self.alive = True
+        self.alive = True  # False: lost for good (its slots no longer count)
+        self.ready = True  # False: cannot receive work now (agent not up yet, or restarting)
         self.tags = spec.tags
 
 
@@ -68,7 +70,9 @@ class Allocation:
 
 
 class ResourcePool:
-    def __init__(self, specs: list[NodeSpec]):
+    """Nodes that are alive count for admission; only those also ready receive work."""
+
+    def __init__(self, specs: list[NodeSpec], ready: bool = True):
         self.nodes = [Node(i, s) for i, s in enumerate(specs)]
         self.by_name = {n.name: n for n in self.nodes}
         self.max_slots = max((n.total for n in self.nodes), default=0)
@@ -77,8 +81,9 @@ class ResourcePool:
         self._idle: dict = {}
         self.free_cores = 0
         for node in self.nodes:
-            self._index(node)
-            self.free_cores += node.total
+            node.ready = False
+            if ready:
+                self.mark_ready(node)
 
     # ----- bookkeeping of the free-slot index -----
     def _index(self, node: Node) -> None:
@@ -207,7 +212,7 @@ class ResourcePool:
         whole = cmin == 0  # numNodes without numCores: whole nodes
         picked = []
         for node in self.nodes:
-            if not node.alive:
+            if not node.ready:
                 continue
             free = len(node.free)
             if whole and free != node.total:
@@ -227,9 +232,9 @@ class ResourcePool:
 
     def release(self, alloc: Allocation) -> None:
         for node, slots, gpu_ids, mem in alloc.shares:
-            if not node.alive:
-                continue
-            self._unindex(node)
+            indexed = node.ready
+            if indexed:
+                self._unindex(node)
             if len(slots) == 1:
                 node.free.append(slots[0])
             else:
@@ -237,14 +242,24 @@ class ResourcePool:
             if gpu_ids:
                 node.free_gpus.extend(reversed(gpu_ids))
             node.free_mem += mem
-            self.free_cores += len(slots)
-            self._index(node)
+            if indexed:
+                self.free_cores += len(slots)
+                self._index(node)
 
     # ----- liveness -----
-    def mark_lost(self, node: Node) -> None:
-        """A node stops receiving work; its slots leave the pool."""
-        if not node.alive:
-            return
-        self._unindex(node)
-        self.free_cores -= len(node.free)
-        node.alive = False
+    def mark_lost(self, node: Node, permanent: bool = True) -> None:
+        """A node stops receiving work: for good (`permanent`), or until it is ready again."""
+        if node.ready:
+            self._unindex(node)
+            self.free_cores -= len(node.free)
+            node.ready = False
+        if permanent:
+            node.alive = False
+
+    def mark_ready(self, node: Node) -> None:
+        """A node (back) in service: its free slots join the pool."""
+        node.alive = True
+        if not node.ready:
+            node.ready = True
+            self._index(node)
+            self.free_cores += len(node.free)

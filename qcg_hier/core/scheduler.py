@@ -547,14 +547,20 @@ class Scheduler:
             self.it_counts[STATE_CODES[code]] -= n
 
     # ================================================================ failures
-    def node_lost(self, node, now: float) -> list[Task]:
-        """A node died: its tasks go back to the queue (a retry); returns them (to kill any other parts)."""
-        self.pool.mark_lost(node)
+    def node_lost(self, node, now: float, permanent: bool = True) -> list[Task]:
+        """A node died (or its agent is restarting, not `permanent`): its tasks go back to the queue
+        as a retry; returns them (so that parts on other nodes can be killed)."""
+        self.pool.mark_lost(node, permanent)
         lost = [t for t in self.tasks.values() if any(share[0] is node for share in t.alloc.shares)]
         for task in lost:
             self._requeue(task, now)
-        self._fail_impossible(now)
+        if permanent:
+            self._fail_impossible(now)
         return lost
+
+    def node_ready(self, node) -> None:
+        """A node's agent is up: the node receives work."""
+        self.pool.mark_ready(node)
 
     def _requeue(self, task: Task, now: float) -> None:
         del self.tasks[task.tid]

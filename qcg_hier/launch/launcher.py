@@ -1,8 +1,8 @@
 """Launchers: hand tasks to node agents (or pretend to, for benchmarks) and report exits.
 
 A launcher is told `launch(tasks, now)` and `cancel(task, grace)`; it calls back
-`on_finished([(tid, Outcome), ...])` in batches, `on_ready()` once it can launch,
-and `on_node_lost(node name)` when an agent stops answering.
+`on_finished([(tid, Outcome), ...])` in batches, `on_node_ready(node)` / `on_node_lost(node,
+permanent)` as agents come and go, and `on_ready()` once enough agents are up to schedule.
 """
 import asyncio
 import logging
@@ -11,22 +11,27 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
 
 from .. import protocol
+from ..auth import Credentials
 from ..core.job import Outcome
 from .taskspec import TaskContext, build, program_name
 
 log = logging.getLogger("qcg_hier")
+AGENT_DOMAIN = "qcg-hier-agents"
 
 
+@dataclass
 class Callbacks:
-    def __init__(self, on_ready, on_finished, on_node_lost):
-        self.on_ready = on_ready
-        self.on_finished = on_finished
-        self.on_node_lost = on_node_lost
+    on_ready: object
+    on_finished: object
+    on_node_lost: object  # (node name, permanent)
+    on_node_ready: object = None  # (node name)
+    on_fatal: object = None  # (message): the launcher cannot work (agents never came up)
 
 
 class FakeLauncher:
@@ -52,78 +57,110 @@ class FakeLauncher:
 class Agent:
     """The manager's view of one node agent."""
 
-    __slots__ = ("name", "outbox", "last_seen", "info", "alive", "process")
+    __slots__ = ("name", "outbox", "last_seen", "info", "alive")
 
-    def __init__(self, name: str, process=None):
+    def __init__(self, name: str):
         self.name = name
         self.outbox: list = []
         self.last_seen = time.monotonic()
         self.info = None
-        self.alive = True
-        self.process = process
+        self.alive = False
+
+
+@dataclass
+class AgentSettings:
+    heartbeat: float = 2.0  # seconds between pings
+    timeout: float = 10.0  # an agent silent this long is lost
+    ready_threshold: float = 1.0  # fraction of agents ready before scheduling starts
+    init_timeout: float = 600.0  # seconds to wait for that fraction
+
+
+class LocalAgents:
+    """One agent process on this machine, serving every (virtual) node; restarted if it dies."""
+
+    def __init__(self, name: str = "local"):
+        self.name = name
+        self.process = None
+        self.restartable = True
+
+    def start(self, argv: list) -> None:
+        self.process = subprocess.Popen(argv + ["--node", self.name, "--parent-death-signal"],
+                                        stdin=subprocess.DEVNULL, close_fds=True)
+
+    def poll(self):
+        return self.process.poll() if self.process else None
 
 
 class AgentLauncher:
-    """Tasks go to node agents over one ROUTER socket: batched frames, heartbeats both ways."""
+    """Tasks go to node agents over one CURVE-secured ROUTER socket: batched frames, heartbeats."""
 
-    def __init__(self, callbacks: Callbacks, ctx: TaskContext, service_dir, routes: dict,
-                 heartbeat: float = 2.0, agent_timeout: float = 15.0):
+    def __init__(self, callbacks: Callbacks, ctx: TaskContext, service_dir, routes: dict, starter,
+                 settings: AgentSettings | None = None, zap=None, bind_host: str = "127.0.0.1",
+                 advertise_host: str = "127.0.0.1"):
         self.cb = callbacks
         self.ctx = ctx
         self.service_dir = service_dir
         self.routes = routes  # node name -> agent name
-        self.heartbeat = heartbeat
-        self.agent_timeout = agent_timeout
-        self.agents: dict[str, Agent] = {}
+        self.starter = starter
+        self.settings = settings or AgentSettings()
+        self.zap = zap
+        self.bind_host, self.advertise_host = bind_host, advertise_host
+        self.agents: dict[str, Agent] = {name: Agent(name) for name in set(routes.values())}
         self.ready = False
-        self._launched: dict[int, tuple] = {}  # tid -> (program name, wd)
+        self._launched: dict[int, tuple] = {}  # tid -> (program name, wd, agent name)
         self._zctx = zmq.asyncio.Context.instance()
         self._sock = None
         self.address = None
         self._tasks = []
-        self._expected = set(routes.values())
+        self._started_at = time.monotonic()
+        self.credentials = Credentials.generate() if zap is not None else None
 
     # ----- lifecycle -----
     async def start(self) -> None:
         self._sock = self._zctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # loopback TCP: no socket-path length limit (deep working directories), and remote agents
-        # in an allocation use the same kind of endpoint
-        port = self._sock.bind_to_random_port("tcp://127.0.0.1")
-        self.address = f"tcp://127.0.0.1:{port}"
+        if self.credentials is not None:
+            self.credentials.secure_server(self._sock, AGENT_DOMAIN)
+            self.zap.allow(AGENT_DOMAIN, self.credentials.client_public)
+        port = self._sock.bind_to_random_port(f"tcp://{self.bind_host}")
+        self.address = f"tcp://{self.advertise_host}:{port}"
         self._tasks.append(asyncio.ensure_future(self._receive()))
         self._tasks.append(asyncio.ensure_future(self._watch()))
-        for name in sorted(self._expected):
-            self._spawn_local_agent(name)
+        self._started_at = time.monotonic()
+        self.starter.start(self._agent_argv())
 
-    def _spawn_local_agent(self, name: str) -> None:
-        log_file = os.path.join(self.service_dir, f"agent-{name}.log")
-        argv = [sys.executable, "-m", "qcg_hier_agent", "--manager", self.address, "--node", name,
-                "--parent-death-signal", "--log-file", log_file,
-                "--heartbeat-interval", str(self.heartbeat), "--manager-timeout", str(self.agent_timeout)]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True)
-        self.agents[name] = Agent(name, proc)
+    def _agent_argv(self) -> list:
+        s = self.settings
+        argv = [sys.executable, "-m", "qcg_hier_agent", "--manager", self.address,
+                "--log-file", os.path.join(self.service_dir, "agent-%n.log"),
+                "--heartbeat-interval", str(s.heartbeat), "--manager-timeout", str(s.timeout)]
+        if self.credentials is not None:
+            keys = self.credentials.keys_file(os.path.join(self.service_dir, "agent-keys.json"))
+            argv += ["--curve-server-key", self.credentials.server_public, "--curve-keys-file", str(keys)]
+        return argv
 
     async def stop(self, kill_grace: float = 0) -> None:
-        """Connected agents get `exit` (they kill their tasks); the others a SIGTERM at once."""
+        """Connected agents get `exit` (they kill their tasks); the agent processes are then reaped."""
         for agent in self.agents.values():
-            if agent.alive and agent.info is not None:
+            if agent.alive:
                 agent.outbox.append(["exit"])
-            elif agent.process is not None and agent.process.poll() is None:
-                agent.process.send_signal(signal.SIGTERM)
         self.flush()
-        deadline = time.monotonic() + 5
-        for agent in self.agents.values():
-            proc = agent.process
-            if proc is None:
-                continue
+        proc = self.starter.process
+        if proc is not None:
+            deadline = time.monotonic() + 5
             while proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(0.002 if all(not a.alive for a in self.agents.values()) else 0.01)
+                if all(a.info is None for a in self.agents.values()):
+                    break  # nobody ever connected: no exit message can arrive
             if proc.poll() is None:
-                log.warning("agent %s did not exit: killing it", agent.name)
-                proc.kill()
-                proc.wait()
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(3)
+                except subprocess.TimeoutExpired:
+                    log.warning("agents did not exit: killing them")
+                    proc.kill()
+                    proc.wait()
         for task in self._tasks:
             task.cancel()
         self._sock.close(0)
@@ -133,8 +170,9 @@ class AgentLauncher:
         routes, agents = self.routes, self.agents
         for task in tasks:
             spec = build(task, self.ctx)
-            self._launched[task.tid] = (program_name(spec), spec["wd"])
-            agents[routes[task.alloc.shares[0][0].name]].outbox.append(["run", task.tid, spec])
+            agent = routes[task.alloc.shares[0][0].name]
+            self._launched[task.tid] = (program_name(spec), spec["wd"], agent)
+            agents[agent].outbox.append(["run", task.tid, spec])
         self.flush()
 
     def cancel(self, task, grace: float) -> None:
@@ -158,15 +196,15 @@ class AgentLauncher:
         sock = self._sock
         while True:
             ident, frame = await sock.recv_multipart()
-            name = ident.decode()
-            agent = self.agents.get(name)
+            agent = self.agents.get(ident.decode(errors="replace"))
             if agent is None:
-                agent = self.agents[name] = Agent(name)
+                log.warning("a connection from unknown agent %r ignored", ident)
+                continue
             agent.last_seen = time.monotonic()
             try:
                 messages = protocol.decode(frame)
             except Exception:
-                log.warning("agent %s sent an undecodable frame", name)
+                log.warning("agent %s sent an undecodable frame", agent.name)
                 continue
             finished = []
             for msg in messages:
@@ -182,35 +220,61 @@ class AgentLauncher:
 
     def _outcome(self, msg) -> Outcome:
         _, tid, pid, rc, start, end, cpu, maxrss, reason, error = msg
-        pname, wd = self._launched.pop(tid, ("", ""))
+        pname, wd, _agent = self._launched.pop(tid, ("", "", None))
         return Outcome(rc, pid, pname, start, end, cpu, maxrss, reason, error, wd)
+
+    def _nodes_of(self, agent: Agent) -> list[str]:
+        return [node for node, name in self.routes.items() if name == agent.name]
 
     def _agent_ready(self, agent: Agent, info: dict) -> None:
         agent.info = info
         agent.alive = True
         cpus = info.get("cpus") or []
-        for node, agent_name in self.routes.items():
-            if agent_name == agent.name and self.ctx.binding:
+        for node in self._nodes_of(agent):
+            if self.ctx.binding:
                 self.ctx.cpu_maps[node] = cpus
+            if self.cb.on_node_ready:
+                self.cb.on_node_ready(node)
         log.info("agent %s ready on %s (pid %s, cpus %s)", agent.name, info.get("host"), info.get("pid"), cpus)
-        if not self.ready and all(self.agents.get(n) and self.agents[n].info for n in self._expected):
+        self._check_ready()
+
+    def _check_ready(self) -> None:
+        if self.ready:
+            return
+        up = sum(1 for a in self.agents.values() if a.alive)
+        if up >= max(1, int(len(self.agents) * self.settings.ready_threshold + 1e-9)):
             self.ready = True
+            log.info("%d of %d agents ready after %.2f s: scheduling starts", up, len(self.agents),
+                     time.monotonic() - self._started_at)
             self.cb.on_ready()
 
     async def _watch(self) -> None:
-        """Ping every agent; one that stays silent too long is lost."""
+        """Ping every agent; one that stays silent too long is lost; a dead local agent is restarted."""
+        s = self.settings
         while True:
-            await asyncio.sleep(self.heartbeat)
+            await asyncio.sleep(min(s.heartbeat, 0.5))
             now = time.monotonic()
+            if not self.ready and now - self._started_at > s.init_timeout:
+                up = sum(1 for a in self.agents.values() if a.alive)
+                self.cb.on_fatal(f"only {up} of {len(self.agents)} node agents ready within --nl-init-timeout "
+                                 f"{s.init_timeout:g} s (see agent-*.log and agents.out in the service directory)")
+                return
+            exited = self.starter.poll() is not None
             for agent in self.agents.values():
-                if not agent.alive:
-                    continue
-                if agent.info is not None and now - agent.last_seen > self.agent_timeout:
-                    agent.alive = False
-                    log.error("agent %s silent for %.1f s: lost", agent.name, now - agent.last_seen)
-                    for node, name in self.routes.items():
-                        if name == agent.name:
-                            self.cb.on_node_lost(node)
-                    continue
-                agent.outbox.append(["ping", now])
+                if agent.alive and (exited or now - agent.last_seen > s.timeout):
+                    self._lose(agent, "its process ended" if exited else f"silent for {now - agent.last_seen:.1f} s")
+                elif agent.alive and now - agent.last_seen > s.heartbeat:
+                    agent.outbox.append(["ping", now])
+            if exited and self.starter.restartable:
+                log.warning("restarting the node agent")
+                self.starter.start(self._agent_argv())
             self.flush()
+
+    def _lose(self, agent: Agent, why: str) -> None:
+        agent.alive = False
+        agent.info = None
+        permanent = not self.starter.restartable
+        log.error("agent %s lost (%s): its running tasks are re-queued%s", agent.name, why,
+                  "" if not permanent else " and its nodes get no more work")
+        for node in self._nodes_of(agent):
+            self.cb.on_node_lost(node, permanent)

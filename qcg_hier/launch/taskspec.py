@@ -7,6 +7,7 @@ import os
 import shlex
 
 from ..core.variables import substitute
+from . import models, slurm
 
 BASH = "/bin/bash"
 
@@ -14,12 +15,15 @@ BASH = "/bin/bash"
 class TaskContext:
     """What is the same for every task of this manager."""
 
-    def __init__(self, root_wd: str, step_prefix: str, base_env: dict, cpu_maps: dict, binding: bool):
+    def __init__(self, root_wd: str, step_prefix: str, base_env: dict, cpu_maps: dict, binding: bool,
+                 slurm_env: bool = False, srun_steps: bool = False):
         self.root_wd = root_wd
         self.step_prefix = step_prefix
         self.base_env = base_env  # extra variables every task gets (e.g. QCG_PM_ZMQ_ADDRESS)
         self.cpu_maps = cpu_maps  # node name -> list of OS CPU ids that slot i maps onto (i % len)
         self.binding = binding
+        self.slurm_env = slurm_env  # give tasks SLURM_* variables describing their own allocation
+        self.srun_steps = srun_steps  # --disable-nl: every task is an srun step on its own nodes
 
 
 def _launch_values(task, ctx: TaskContext) -> dict:
@@ -85,9 +89,21 @@ def build(task, ctx: TaskContext) -> dict:
             env["QCG_PM_CPU_SET"] = ",".join(map(str, cpus))
     if job.iterative:
         env["QCG_PM_ITERATION"] = str(task.it)
+    argv = _command(ex, subst)
+    hostfile = None
+    if len(shares) > 1 or ex.model in ("openmpi", "srunmpi"):
+        hostfile = os.path.join(wd, f".{job.name}{'-' + str(task.it) if job.iterative else ''}.hostfile")
+        _write(hostfile, slurm.hostfile_text(shares))
+    if ctx.slurm_env:
+        masks = [slurm.cpu_mask(_cpus(share, ctx) or []) for share in shares] if ctx.binding else None
+        env.update(slurm.task_environment(shares, hostfile, masks))
+    argv, model_env = models.wrap(ex, argv, shares, hostfile, lambda share: _cpus(share, ctx))
+    env.update(model_env)
+    if ctx.srun_steps and ex.model != "srunmpi":
+        argv = models.srun_step(argv, shares, job.spec.resources.wt)
     for name, value in ex.env:
         env[name] = subst(value)
-    spec = {"argv": _command(ex, subst), "env": env, "wd": wd}
+    spec = {"argv": argv, "env": env, "wd": wd}
     for stream in ("stdin", "stdout", "stderr"):
         path = getattr(ex, stream)
         if path:
@@ -109,6 +125,13 @@ def _cpus(share, ctx: TaskContext) -> list[int] | None:
 
 def _identity(text):
     return text
+
+
+def _write(path: str, text: str) -> None:
+    """Hostfiles of multi-node tasks (rare: not worth a round trip through the agent)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def program_name(spec: dict) -> str:

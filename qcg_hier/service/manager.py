@@ -17,7 +17,14 @@ from ..core.job import Outcome
 from ..core.resources import ResourcePool
 from ..core.scheduler import Scheduler
 from ..core.states import JobState
-from ..launch.launcher import AgentLauncher, Callbacks, FakeLauncher
+import sys
+
+import zmq.asyncio
+
+from ..launch.launcher import AgentLauncher, AgentSettings, Callbacks, FakeLauncher, LocalAgents
+from ..launch.slurm import SrunAgents
+from .zap import ZapHandler
+from .zmqinterface import advertised_host
 from ..launch.taskspec import TaskContext
 from . import reports
 from .handlers import Handlers, system_info
@@ -46,13 +53,16 @@ def _without_system_core(nodes: list) -> list:
 class ManagerService:
     def __init__(self, config, nodes, service_dir: Path, instance_id: str):
         self.config = config
+        self.nodes_spec = list(nodes)
         self.instance_id = instance_id
         self.service_dir = service_dir
         self.wd = Path(config.wd).resolve()
         self.started = time.time()
         if config.system_core:
             nodes = _without_system_core(nodes)
-        self.pool = ResourcePool(nodes)
+        # in an allocation a node receives work once its agent is up
+        self.slurm = bool(getattr(config, "slurm", False))
+        self.pool = ResourcePool(nodes, ready=not self.slurm or config.disable_nl or config.fake_launch)
         self.core = Scheduler(self.pool)
         self.core.emit_progress = False  # until someone subscribes to IST/JST events
         self.handlers = Handlers(self)
@@ -71,20 +81,42 @@ class ManagerService:
         self._pass_pending = False
         self._done = asyncio.Event()
         self._loop = None
-        callbacks = Callbacks(self._kick, self._on_finished, self._on_node_lost)
+        self.exit_code = 0
+        self.zap = None
+        self.task_context = None
+        self.launcher = None
+
+    def _make_launcher(self):
+        """Fake; one local agent (local mode, or --disable-nl: tasks then are srun steps); or one
+        agent per node started by a single srun step (inside an allocation)."""
+        config = self.config
+        callbacks = Callbacks(self._kick, self._on_finished, self._on_node_lost, self._on_node_ready,
+                              self._on_fatal)
         if config.fake_launch:
-            self.task_context = None
-            self.launcher = FakeLauncher(callbacks)
-        else:
-            self.task_context = ctx = TaskContext(str(self.wd), uuid.uuid4().hex[:12], {}, {}, binding=True)
-            routes = {node.name: "local" for node in self.pool.nodes}
-            self.launcher = AgentLauncher(callbacks, ctx, service_dir, routes)
+            return FakeLauncher(callbacks)
+        srun_steps = self.slurm and config.disable_nl
+        self.task_context = ctx = TaskContext(str(self.wd), uuid.uuid4().hex[:12], {}, {},
+                                              binding=not srun_steps, slurm_env=self.slurm,
+                                              srun_steps=srun_steps)
+        settings = AgentSettings(ready_threshold=min(max(config.nl_ready_threshold, 0.1), 1.0),
+                                 init_timeout=config.nl_init_timeout)
+        if self.slurm and not srun_steps:
+            specs = [n for n in self.nodes_spec]
+            starter = SrunAgents(specs, str(self.wd), str(self.service_dir / "agents.out"))
+            routes = {node.name: node.name for node in self.pool.nodes}
+            return AgentLauncher(callbacks, ctx, str(self.service_dir), routes, starter, settings, self.zap,
+                                 bind_host="0.0.0.0", advertise_host=advertised_host("*"))
+        routes = {node.name: "local" for node in self.pool.nodes}
+        return AgentLauncher(callbacks, ctx, str(self.service_dir), routes, LocalAgents(), settings, self.zap)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> int:
         self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._on_signal, sig)
+        self.zap = ZapHandler(zmq.asyncio.Context.instance())
+        zap_task = asyncio.ensure_future(self.zap.run())
+        self.launcher = self._make_launcher()
         await self.launcher.start()
         if self.network is not None:
             self._open_network()  # after the launcher: the address is advertised only by a working service
@@ -97,7 +129,9 @@ class ManagerService:
             runner.cancel()
         flusher.cancel()
         await self.shutdown()
-        return 0
+        zap_task.cancel()
+        self.zap.close()
+        return self.exit_code
 
     async def shutdown(self) -> None:
         if self.progress:
@@ -114,7 +148,7 @@ class ManagerService:
 
     def _open_network(self) -> None:
         net = self.network
-        net.open(self.instance_id)
+        net.open(self.instance_id, self.zap)
         self.interfaces.append(net)
         self.interface_names.append(net.name)
         self.zmq_address, self.pub_address, self.publisher = net.address, net.pub_address, net.publisher
@@ -213,14 +247,29 @@ class ManagerService:
             finish(tid, outcome, now)
         self._kick()
 
-    def _on_node_lost(self, node_name: str) -> None:
+    def _on_node_lost(self, node_name: str, permanent: bool = True) -> None:
         node = self.pool.by_name.get(node_name)
         if node is None:
             return
-        lost = self.core.node_lost(node, time.time())
-        log.error("node %s lost: %d running tasks re-queued", node_name, len(lost))
+        lost = self.core.node_lost(node, time.time(), permanent)
+        for task in lost:
+            self.launcher.cancel(task, 0)  # parts of a multi-node task on other nodes
+        log.error("node %s %s: %d running tasks re-queued", node_name,
+                  "lost" if permanent else "unavailable until its agent is back", len(lost))
         self._process_events()
         self._kick()
+
+    def _on_node_ready(self, node_name: str) -> None:
+        node = self.pool.by_name.get(node_name)
+        if node is not None:
+            self.core.node_ready(node)
+            self._kick()
+
+    def _on_fatal(self, message: str) -> None:
+        log.error("%s", message)
+        print(f"qcg-pm-service: error: {message}", file=sys.stderr, flush=True)
+        self.exit_code = 1
+        self._on_signal(signal.SIGTERM)
 
     def _process_events(self) -> None:
         events = self.core.drain_events()

@@ -15,9 +15,11 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from .. import protocol
-from ..auth import ZAP_ENDPOINT, Credentials
+from ..auth import Credentials
+from .zap import ZapHandler
 
 log = logging.getLogger("qcg_hier")
+CLIENT_DOMAIN = "qcg-hier-clients"
 MAX_REQUEST_BYTES = 64 << 20  # larger requests get an error reply
 MAX_MESSAGE_BYTES = 512 << 20  # larger messages make ZeroMQ drop the connection
 
@@ -36,37 +38,6 @@ def bind(sock: zmq.Socket, host: str, port: int | None, port_min: int, port_max:
         sock.bind(f"tcp://{host}:{port}")
         return port
     return sock.bind_to_random_port(f"tcp://{host}", min_port=port_min, max_port=port_max + 1, max_tries=1000)
-
-
-class ZapHandler:
-    """ZeroMQ's authentication hook: admit the instance's client key, log every refusal."""
-
-    def __init__(self, ctx: zmq.asyncio.Context, credentials: Credentials):
-        self.credentials = credentials
-        self.sock = ctx.socket(zmq.REP)
-        self.sock.linger = 0
-        self.sock.bind(ZAP_ENDPOINT)
-        self.refused = 0
-
-    async def run(self) -> None:
-        while True:
-            frames = await self.sock.recv_multipart()
-            version, request_id, _domain, address, _identity, mechanism, *creds = frames
-            try:
-                allowed = self.credentials.allows(mechanism, creds)
-            except Exception:  # a malformed handshake is a refusal, never a crash
-                log.exception("ZAP request could not be checked")
-                allowed = False
-            if allowed:
-                await self.sock.send_multipart([version, request_id, b"200", b"OK", b"client", b""])
-            else:
-                self.refused += 1
-                log.warning("refused a connection from %s: mechanism %s without the instance's client key",
-                            address.decode(errors="replace"), mechanism.decode(errors="replace"))
-                await self.sock.send_multipart([version, request_id, b"400", b"not authorized", b"", b""])
-
-    def close(self) -> None:
-        self.sock.close(0)
 
 
 class Publisher:
@@ -120,10 +91,11 @@ class ZmqInterface:
         self.refused = 0
         self._tasks = []
 
-    def open(self, manager_id: str) -> None:
+    def open(self, manager_id: str, zap: ZapHandler | None = None) -> None:
         """Bind the sockets (before the service advertises its address)."""
         if self.credentials is not None:
-            self.zap = ZapHandler(self.ctx, self.credentials)
+            self.zap = zap
+            zap.allow(CLIENT_DOMAIN, self.credentials.client_public)
         self.sock = self._socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         port = bind(self.sock, self.host, self.port, self.port_min, self.port_max)
@@ -139,12 +111,11 @@ class ZmqInterface:
         sock = self.ctx.socket(kind)
         sock.linger = 0
         if self.credentials is not None:
-            self.credentials.secure_server(sock)
+            self.credentials.secure_server(sock, CLIENT_DOMAIN)
         return sock
 
     async def run(self, service) -> None:
         if self.zap is not None:
-            self._tasks.append(asyncio.ensure_future(self.zap.run()))
             self._tasks.append(asyncio.ensure_future(self._log_refusals()))
         if self.publisher is not None:
             self._tasks.append(asyncio.ensure_future(self._subscriptions(service)))
@@ -224,5 +195,3 @@ class ZmqInterface:
         for sock in (self.sock, self.pub_sock):
             if sock is not None:
                 sock.close(0)
-        if self.zap is not None:
-            self.zap.close()
