@@ -57,12 +57,13 @@ class FakeLauncher:
 class Agent:
     """The manager's view of one node agent."""
 
-    __slots__ = ("name", "outbox", "last_seen", "info", "alive")
+    __slots__ = ("name", "outbox", "last_seen", "last_sent", "info", "alive")
 
     def __init__(self, name: str):
         self.name = name
         self.outbox: list = []
-        self.last_seen = time.monotonic()
+        self.last_seen = time.monotonic()  # heard from it
+        self.last_sent = 0.0  # sent to it: the agent gives up on a silent manager
         self.info = None
         self.alive = False
 
@@ -182,10 +183,12 @@ class AgentLauncher:
             self.flush()
 
     def flush(self) -> None:
+        now = time.monotonic()
         for agent in self.agents.values():
             if agent.outbox:
                 frame = protocol.encode(agent.outbox)
                 agent.outbox = []
+                agent.last_sent = now
                 try:
                     self._sock.send_multipart([agent.name.encode(), frame], flags=zmq.NOBLOCK)
                 except zmq.ZMQError as exc:
@@ -259,11 +262,13 @@ class AgentLauncher:
                 self.cb.on_fatal(f"only {up} of {len(self.agents)} node agents ready within --nl-init-timeout "
                                  f"{s.init_timeout:g} s (see agent-*.log and agents.out in the service directory)")
                 return
-            exited = self.starter.poll() is not None
+            # a local agent's exit is its death; agents of an srun step are judged by their heartbeats
+            # (srun outlives a killed agent, and Slurm ends the others soon after srun itself dies)
+            exited = self.starter.restartable and self.starter.poll() is not None
             for agent in self.agents.values():
                 if agent.alive and (exited or now - agent.last_seen > s.timeout):
                     self._lose(agent, "its process ended" if exited else f"silent for {now - agent.last_seen:.1f} s")
-                elif agent.alive and now - agent.last_seen > s.heartbeat:
+                elif agent.alive and now - agent.last_sent > s.heartbeat:
                     agent.outbox.append(["ping", now])
             if exited and self.starter.restartable:
                 log.warning("restarting the node agent")
