@@ -51,8 +51,7 @@ def resolve_nodes(opts) -> list[NodeSpec]:
         if opts.slurm:
             mem = int(os.environ.get("SLURM_MEM_PER_NODE", "0") or 0)  # 0: not accounted
         else:
-            import psutil
-            mem = psutil.virtual_memory().total // (1 << 20) // len(nodes)
+            mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1 << 20) // len(nodes)
     return [NodeSpec(n.name, n.cores, n.core_ids, n.gpus, mem, n.tags) for n in nodes]
 
 

@@ -383,15 +383,47 @@ def test_random_allocate_release_keeps_pool_consistent():
                             assert req.cores_min <= len(slots) <= req.cores_max
                         else:
                             assert len(slots) == node.total
+                elif not req.gpus and req.cores_max <= pool.max_slots:
+                    # a task one node can hold is packed on one node
+                    assert len(alloc.shares) == 1 and req.cores_min <= alloc.cores <= req.cores_max
                 elif not req.gpus:
                     assert alloc.cores == min(req.cores_max, free_before)
                 assert pool.free_cores == free_before - alloc.cores
                 live.append(alloc)
             elif req.nodes_min is None and not req.gpus:
-                assert free_before < req.cores_min
+                most_free = max((len(n.free) for n in pool.nodes if n.ready), default=0)
+                assert free_before < req.cores_min or (req.cores_max <= pool.max_slots
+                                                       and most_free < req.cores_min)
         if step % 50 == 0:
             check_pool(pool, live)
     for a in live:
         pool.release(a)
     check_pool(pool)
     assert pool.free_cores == 21
+
+
+def test_a_job_one_node_can_hold_waits_for_one_node_instead_of_splitting():
+    pool = ResourcePool(parse_nodes_option("3,3"))
+    first, second = pool.allocate(Request(2, 2)), pool.allocate(Request(2, 2))
+    assert {first.shares[0][0].name, second.shares[0][0].name} == {"n0", "n1"}
+    assert pool.free_cores == 2
+    assert pool.allocate(Request(2, 2)) is None  # 1 + 1 free: it waits rather than splitting
+    pool.release(first)
+    assert [s[0].name for s in pool.allocate(Request(2, 2)).shares] == [first.shares[0][0].name]
+
+
+def test_a_job_larger_than_any_node_spreads_over_as_few_nodes_as_possible():
+    pool = ResourcePool(parse_nodes_option("4,4,4"))
+    pool.allocate(Request(1, 1))
+    alloc = pool.allocate(Request(8, 8))
+    assert alloc.cores == 8 and len(alloc.shares) == 2
+
+
+def test_a_range_within_one_node_takes_what_the_emptiest_node_has():
+    pool = ResourcePool(parse_nodes_option("4,4"))
+    pool.allocate(Request(1, 1))
+    alloc = pool.allocate(Request(2, 4))
+    assert len(alloc.shares) == 1 and alloc.cores == 4
+    alloc = pool.allocate(Request(2, 4))
+    assert len(alloc.shares) == 1 and alloc.cores == 3
+    assert pool.allocate(Request(2, 4)) is None  # nothing left on any one node

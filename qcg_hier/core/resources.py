@@ -179,13 +179,26 @@ class ResourcePool:
         return (node, slots, gpu_ids, mem)
 
     def _allocate_cores(self, cmin: int, cmax: int) -> Allocation | None:
+        """numCores only. A task that one node can hold is placed on one node, waiting for one if
+        need be (a `default` process sees one node's cores only; MPI ranks stay together); only a
+        task larger than any node spreads, over as few nodes as possible."""
         want = min(cmax, self.free_cores)
         if want < cmin or want <= 0:
             return None
         by_free = self._by_free
-        # best fit on one node: the fullest node that still holds `want`
+        if cmax <= self.max_slots:
+            if cmin < cmax:  # a range within one node: as much as the emptiest node has
+                most = self._nonempty.bit_length() - 1
+                if most < cmin:
+                    return None
+                return Allocation([self._take(next(iter(by_free[most])), min(cmax, most))])
+            fits = self._nonempty >> want  # exact: the fullest node that still holds it (best fit)
+            if not fits:
+                return None
+            f = want + (fits & -fits).bit_length() - 1
+            return Allocation([self._take(next(iter(by_free[f])), want)])
         fits = self._nonempty >> want
-        if fits:
+        if fits:  # larger than some nodes, but one node with room holds it
             f = want + (fits & -fits).bit_length() - 1
             return Allocation([self._take(next(iter(by_free[f])), want)])
         # spread over as few nodes as possible: emptiest nodes first

@@ -349,4 +349,8 @@ class ManagerService:
                 "Resources": {"TotalNodes": len(pool.alive_nodes), "TotalCores": pool.total_cores,
                               "UsedCores": pool.used_cores, "FreeCores": pool.free_cores},
                 "JobStats": stats(jc, "Jobs"), "IterationStats": stats(ic, "Iterations"),
-                "States": {state.value: n for state, n in ic.items()}}
+                # ours, for `qcg-hier status`: iterations per state, and every node's use
+                "States": {state.value: n for state, n in ic.items()},
+                "Nodes": [{"name": n.name, "total": n.total, "used": n.total - len(n.free),
+                           "state": "ready" if n.ready else ("lost" if not n.alive else "waiting")}
+                          for n in pool.nodes]}
