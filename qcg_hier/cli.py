@@ -17,7 +17,7 @@ from .service.servicedir import default_instance_id, make_service_dir, setup_log
 
 NOT_YET = {
     "governor": "--governor", "parent": "--parent", "slurm_partition_nodes": "--slurm-partition-nodes",
-    "slurm_resources_file": "--slurm-resources-file", "resume": "--resume",
+    "slurm_resources_file": "--slurm-resources-file",
     "enable_proc_stats": "--enable-proc-stats",
     "enable_rt_stats": "--enable-rt-stats",
 }
@@ -91,7 +91,11 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 @click.option("--slurm-limit-nodes-range-end", type=int, default=None,
               help="Use the allocation's nodes before this index.")
 @click.option("--slurm-resources-file", default=None, help="[not yet supported]")
-@click.option("--resume", default=None, help="Resume an earlier run [not yet supported].")
+@click.option("--resume", default=None,
+              help="Resume a run from its journal: PATH is its service directory or working directory. "
+                   "Its options are restored; options given again override them.")
+@click.option("--journal/--no-journal", default=True, show_default=True,
+              help="Keep the journal that --resume needs (off only for measuring its cost).")
 @click.option("--enable-proc-stats", is_flag=True, help="[not yet supported]")
 @click.option("--enable-rt-stats", is_flag=True, help="[not yet supported]")
 @click.option("--wrapper-rt-stats", default=None, help="Accepted for compatibility; not used.")
@@ -106,6 +110,9 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 def service_main(**kw):
     """QCG-PilotJob compatible manager service (qcg-hier)."""
     opts = SimpleNamespace(**kw)
+    opts.resume_records = None
+    if opts.resume:
+        _restore_options(opts, kw)
     for key, flag in NOT_YET.items():
         value = kw.get(key)
         if value not in (None, False):
@@ -121,7 +128,7 @@ def service_main(**kw):
     opts.net_port_max = 9999 if opts.net_port_max is None else opts.net_port_max
     if opts.net_port_min > opts.net_port_max:
         raise click.UsageError(f"--net-port-min {opts.net_port_min} is above --net-port-max {opts.net_port_max}")
-    if not opts.use_file and not opts.net:
+    if not opts.use_file and not opts.net and not opts.resume:
         raise click.UsageError("no interface enabled: give --net and/or --file-path FILE")
     try:
         nodes = resolve_nodes(opts)
@@ -130,9 +137,33 @@ def service_main(**kw):
     sys.exit(run_service(opts, nodes))
 
 
+def _restore_options(opts, given: dict) -> None:
+    """--resume: the journal's options, except those given again on this command line."""
+    from .service import journal
+    from .service.servicedir import SERVICE_DIR_PREFIX, find_service_dirs
+
+    dirs = [d for d in find_service_dirs(Path(opts.resume)) if journal.exists(d)]
+    if not dirs:
+        raise click.UsageError(f"--resume {opts.resume}: no service directory with a journal there")
+    records = journal.read(dirs[0])
+    saved = records[0].get("opts") if records else None
+    if not isinstance(saved, dict):
+        raise click.UsageError(f"--resume: the journal in {dirs[0]} does not start with the service options")
+    ctx = click.get_current_context()
+    for key, value in saved.items():
+        if key in given and ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE:
+            setattr(opts, key, value)
+    opts.instance_id = dirs[0].name[len(SERVICE_DIR_PREFIX):]
+    opts.wd = str(dirs[0].parent)
+    opts.resume_records = records
+
+
 def run_service(opts, nodes) -> int:
     from .service.manager import ManagerService
 
+    opts.wd = str(Path(opts.wd).resolve())
+    if opts.file_path:
+        opts.file_path = str(Path(opts.file_path).resolve())
     wd = Path(opts.wd)
     try:
         wd.mkdir(parents=True, exist_ok=True)
@@ -149,9 +180,10 @@ def run_service(opts, nodes) -> int:
     total = sum(n.cores for n in nodes)
     logger.info("available resources: %d (%d used) cores on %d nodes", total, 1 if opts.system_core else 0, len(nodes))
     service = ManagerService(opts, nodes, service_dir, instance_id)
+    file_position = service.replay(opts.resume_records) if opts.resume_records else -1
     file_iface = None
     if opts.use_file:
-        file_iface = FileInterface(opts.file_path)
+        file_iface = FileInterface(opts.file_path, resume_after=file_position)
         service.interfaces.append(file_iface)
         service.interface_names.append(file_iface.name)
     if opts.net:

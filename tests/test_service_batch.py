@@ -471,8 +471,8 @@ def test_fake_launch_runs_ten_thousand_iterations_fast(tmp_path):
     assert run.elapsed < 5, f"--fake-launch with 10,000 iterations took {run.elapsed:.2f} s"
 
 
-# (--net was on this list until the network interface landed)
-@pytest.mark.parametrize("option", [["--governor"], ["--parent", "x"], ["--resume", "x"],
+# (--net and --resume were on this list until they landed)
+@pytest.mark.parametrize("option", [["--governor"], ["--parent", "x"],
                                     ["--slurm-partition-nodes", "2"]], ids=lambda o: o[0])
 def test_not_yet_supported_options(tmp_path, option):
     (tmp_path / "reqs.json").write_text("[]")
@@ -483,6 +483,14 @@ def test_not_yet_supported_options(tmp_path, option):
     output = proc.stdout + proc.stderr
     assert "not yet supported" in output and option[0] in output, output
     assert "Traceback" not in output
+
+
+def test_resume_of_a_directory_without_journal_is_a_clear_error(tmp_path):
+    proc = subprocess.run(service_command() + ["--resume", str(tmp_path)], capture_output=True, text=True,
+                          timeout=30, env=service_env())
+    assert proc.returncode != 0
+    assert "no service directory with a journal" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
 
 
 def test_report_format_text(tmp_path):

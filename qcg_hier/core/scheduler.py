@@ -546,6 +546,52 @@ class Scheduler:
         for code, n in enumerate(job.counts):
             self.it_counts[STATE_CODES[code]] -= n
 
+    # ================================================================ resume
+    def restore_final(self, name: str, ranges, state: JobState, now: float) -> None:
+        """Replaying a journal: iterations [a, b) of `name` already ended in `state` (they never start).
+
+        A range that continues the never-started prefix is taken in bulk (a slice of the state array),
+        so restoring millions of finished iterations costs no per-iteration Python work."""
+        job = self.jobs.get(name)
+        if job is None or job.state.is_final:
+            return
+        for a, b in ranges:
+            a, b = max(a, job.start), min(b, job.stop)
+            if a < b and a == job.next_it and not job.it_deps and not job.requeue and not job.skip \
+                    and not job.pending_deps:
+                if job.it_states is None:
+                    job.it_states = bytearray(job.total)
+                job.it_states[a - job.start:b - job.start] = bytes([CODE_OF[state]]) * (b - a)
+                job.add_count(state, b - a)
+                self.it_counts[Q] -= b - a
+                self.it_counts[state] += b - a
+                job.next_it = b
+                if job.has_it_waiters:
+                    for it in range(a, b):
+                        self._wake((job.name, it), state is OK, state, now)
+                if job.finished == job.total:
+                    self._job_final(job, now)
+                continue
+            for it in range(a, b):
+                if job.state.is_final:
+                    break
+                if not job.iteration_state(it).is_final:
+                    self._finish_unstarted(job, state, now, only=it)
+                    if job.finished == job.total:
+                        self._job_final(job, now)
+
+    def mark_retry(self, name: str, iterations, now: float) -> None:
+        """Replaying a journal: these iterations were running when the service died; they run
+        again, and their history shows the retry."""
+        job = self.jobs.get(name)
+        if job is None or job.state.is_final:
+            return
+        if job.attempts is None:
+            job.attempts = {}
+        for it in iterations:
+            if not job.iteration_state(it).is_final:
+                job.attempts[it] = (1, [(SCH, now), (Q, now)])
+
     # ================================================================ failures
     def node_lost(self, node, now: float, permanent: bool = True) -> list[Task]:
         """A node died (or its agent is restarting, not `permanent`): its tasks go back to the queue

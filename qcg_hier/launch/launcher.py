@@ -100,7 +100,8 @@ class AgentLauncher:
                  advertise_host: str = "127.0.0.1"):
         self.cb = callbacks
         self.ctx = ctx
-        self.service_dir = service_dir
+        # absolute: the agents of an srun step start in the working directory (srun -D), not in ours
+        self.service_dir = os.path.abspath(service_dir)
         self.routes = routes  # node name -> agent name
         self.starter = starter
         self.settings = settings or AgentSettings()
@@ -264,7 +265,15 @@ class AgentLauncher:
                 return
             # a local agent's exit is its death; agents of an srun step are judged by their heartbeats
             # (srun outlives a killed agent, and Slurm ends the others soon after srun itself dies)
-            exited = self.starter.restartable and self.starter.poll() is not None
+            code = self.starter.poll()
+            if not self.ready and not self.starter.restartable and code is not None:
+                # the step has ended: no agent can come up any more, waiting for --nl-init-timeout is futile
+                up = sum(1 for a in self.agents.values() if a.alive)
+                self.cb.on_fatal(f"the node agents' srun step exited (code {code}) with only {up} of "
+                                 f"{len(self.agents)} agents ready (see agent-*.log and agents.out in the "
+                                 f"service directory)")
+                return
+            exited = self.starter.restartable and code is not None
             for agent in self.agents.values():
                 if agent.alive and (exited or now - agent.last_seen > s.timeout):
                     self._lose(agent, "its process ended" if exited else f"silent for {now - agent.last_seen:.1f} s")

@@ -23,7 +23,9 @@ def wrap(ex, argv: list, shares, hostfile: str | None, node_cpus) -> tuple[list,
     if model == "threads":
         return argv, {"OMP_NUM_THREADS": str(len(shares[0][1]))}
     if model == "srunmpi":
-        return (["srun", "--exact", "-N", str(len(names)), "-n", str(ncores), "-w", ",".join(names),
+        # with `-m arbitrary`, -w lists one entry per task (a file name: one line per task), not the nodes
+        slots = hostfile or ",".join(s[0].name for s in shares for _ in s[1])
+        return (["srun", "--exact", "-N", str(len(names)), "-n", str(ncores), "-w", slots,
                  "-m", "arbitrary", "--kill-on-bad-exit=1", "-Q", *opts.get("srun_args", ()), *argv], {})
     if model == "openmpi":
         mpirun = opts.get("mpirun", "mpirun")

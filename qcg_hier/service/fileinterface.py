@@ -30,8 +30,11 @@ class FileInterface:
     name = "FILE"
     read_to_end = True  # the service does not stop before every request of the file is answered
 
-    def __init__(self, path):
+    CHANGING = frozenset(("submit", "cancelJob", "removeJob", "control", "finish"))
+
+    def __init__(self, path, resume_after: int = -1):
         self.path = path
+        self.resume_after = resume_after  # --resume: requests up to this index were handled already
         self.finished = False
         self.failed = False
 
@@ -44,6 +47,8 @@ class FileInterface:
             self.failed = True
             requests = []
         for index, request in enumerate(requests):
+            if index <= self.resume_after:
+                continue
             if not service.launcher.ready and not service.core.all_finished():
                 # jobs are waiting: let them start before the next request looks at or cancels them
                 await self._wait_ready(service)
@@ -53,6 +58,8 @@ class FileInterface:
                      orjson.dumps(response).decode())
             if response.get("code"):
                 log.error("file request %d failed: %s", index + 1, response.get("message"))
+            elif isinstance(request, dict) and request.get("request") in self.CHANGING:
+                service.file_progress(index)
             # as upstream, requests are handled one at a time: the scheduling pass a request
             # asked for runs (and exits are handled) before the next request is served
             await asyncio.sleep(0)

@@ -26,7 +26,7 @@ from ..launch.slurm import SrunAgents
 from .zap import ZapHandler
 from .zmqinterface import advertised_host
 from ..launch.taskspec import TaskContext
-from . import reports
+from . import journal, reports
 from .handlers import Handlers, system_info
 from .servicedir import write_final_status
 
@@ -50,6 +50,12 @@ def _without_system_core(nodes: list) -> list:
     return list(nodes)
 
 
+def journal_options(config) -> dict:
+    """The options a resumed service starts with (those given again override them)."""
+    return {k: v for k, v in vars(config).items()
+            if isinstance(v, (str, int, float, bool, type(None))) and k not in ("resume",)}
+
+
 class ManagerService:
     def __init__(self, config, nodes, service_dir: Path, instance_id: str):
         self.config = config
@@ -67,6 +73,13 @@ class ManagerService:
         self.core.emit_progress = False  # until someone subscribes to IST/JST events
         self.handlers = Handlers(self)
         self.report = reports.ReportWriter(service_dir / config.report_file, config.report_format)
+        self.journal = None
+        if getattr(config, "journal", True):
+            fresh = not journal.exists(service_dir)
+            self.journal = journal.Journal(service_dir)
+            if fresh:
+                self.journal.record({"opts": journal_options(config)})
+                self.journal.flush()
         self.interfaces = []
         self.interface_names = []
         self.zmq_address = None
@@ -141,6 +154,8 @@ class ManagerService:
         await self.launcher.stop()
         self._process_events()
         self.report.close()
+        if self.journal is not None:
+            self.journal.close()
         write_final_status(self.service_dir, self.status(final=True))
         if self.network is not None:
             (self.service_dir / "address").unlink(missing_ok=True)  # nobody answers there any more
@@ -182,6 +197,8 @@ class ManagerService:
         self._check_done()
 
     def finish_after_all(self) -> None:
+        if not self.finishing:
+            self._journal_request({"finish": True})
         self.finishing = True
         self._check_done()
 
@@ -205,16 +222,34 @@ class ManagerService:
         self._kick()
         return response
 
-    def submit(self, specs) -> list[str]:
+    def submit(self, specs, descriptions=None) -> list[str]:
         names = self.core.submit(specs, time.time())
+        if self.journal is not None:  # recorded before the reply is sent
+            self.journal.record({"submit": descriptions if descriptions is not None else
+                                 [spec.to_dict() for spec in specs]})
+            self.journal.flush()
         self._process_events()
         return names
 
     def cancel(self, name: str) -> None:
         for task in self.core.cancel(name, time.time()):
             self.launcher.cancel(task, CANCEL_GRACE)
+        self._journal_request({"cancel": name})
         self._process_events()
         self._check_done()
+
+    def remove(self, name: str) -> None:
+        self.core.remove(name)
+        self._journal_request({"remove": name})
+
+    def _journal_request(self, entry: dict) -> None:
+        if self.journal is not None:
+            self.journal.record(entry)
+            self.journal.flush()
+
+    def file_progress(self, index: int) -> None:
+        """Batch-file requests up to `index` are handled: a resumed service goes on after it."""
+        self._journal_request({"file": index})
 
     # ------------------------------------------------------------ scheduling
     def _kick(self) -> None:
@@ -230,6 +265,10 @@ class ManagerService:
         core = self.core
         started = core.schedule(now)
         if started:
+            if self.journal is not None:
+                record = self.journal.started
+                for task in started:
+                    record(task.job.name, task.it)
             if self.config.fake_launch:
                 # fake tasks finish inside launch(): mark them executing first
                 core.executing(started, now)
@@ -275,6 +314,8 @@ class ManagerService:
         events = self.core.drain_events()
         if not events:
             return
+        if self.journal is not None:
+            self._journal_ends(events)
         report = self.report
         for event in events:
             kind = event[0]
@@ -286,8 +327,60 @@ class ManagerService:
                 _, job, state = event
                 if state.is_final:
                     report.add(reports.job_entry(job))
+        report.flush()  # one write per pass: what a crash loses is only what the journal re-runs
         if self.publisher is not None:
             self._publish(events)
+
+    def _journal_ends(self, events) -> None:
+        """Task ends reach the journal before jobs.report and the publisher."""
+        record = self.journal.finished
+        for event in events:
+            if event[0] == "it" and event[3].is_final:
+                record(event[1].name, event[2], event[3].value)
+            elif event[0] == "job" and event[2].is_final and not event[1].iterative and event[1].records:
+                record(event[1].name, event[1].start, event[2].value)
+        self.journal.flush()
+
+    def replay(self, records: list) -> int:
+        """`--resume`: rebuild the state from the journal; returns the batch-file position reached."""
+        from ..core.jobdesc import parse_job
+
+        now = time.time()
+        core = self.core
+        started = {}
+        file_index = -1
+        for rec in records:
+            if "submit" in rec:
+                core.submit([parse_job(d) for d in rec["submit"]], now)
+            elif "run" in rec:
+                for job, ranges in rec["run"].items():
+                    started.setdefault(job, set()).update(i for a, b in ranges for i in range(a, b))
+            elif "fin" in rec:
+                for state, jobs in rec["fin"].items():
+                    for job, ranges in jobs.items():
+                        core.restore_final(job, ranges, JobState(state), now)
+            elif "cancel" in rec:
+                try:
+                    core.cancel(rec["cancel"], now)
+                except Exception:
+                    pass
+            elif "remove" in rec:
+                try:
+                    core.remove(rec["remove"])
+                except Exception:
+                    pass
+            elif "file" in rec:
+                file_index = max(file_index, rec["file"])
+            elif rec.get("finish"):
+                self.finishing = True
+        retried = 0
+        for job, its in started.items():
+            core.mark_retry(job, its, now)
+            retried += sum(1 for it in its if job in core.jobs and not core.jobs[job].iteration_state(it).is_final)
+        core.drain_events()  # their reports and events were written by the run that died
+        log.info("resumed from the journal: %d jobs, %d iterations finished, %d running at the crash run again",
+                 len(core.jobs), sum(n for s, n in core.it_counts.items() if s.is_final), retried)
+        return file_index
 
     def _publish(self, events) -> None:
         """Upstream's topics: IST/JST on a change, IFI/JFI when final, NOJ when everything ended."""

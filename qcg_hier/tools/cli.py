@@ -5,6 +5,7 @@ import time
 import click
 import orjson
 
+from ..api.errors import QCGPJMAError
 from . import gantt, report, status
 from .runlog import load_run
 
@@ -25,7 +26,7 @@ def status_cmd(target, watch, interval, as_json):
     while True:
         try:
             data, live = status.fetch(target)
-        except (FileNotFoundError, OSError) as exc:
+        except (OSError, QCGPJMAError) as exc:  # no service there, or an address that does not answer
             raise click.ClickException(str(exc))
         now = time.monotonic()
         done = sum((data.get("States") or {}).get(s, 0) for s in status.FINAL)
@@ -54,8 +55,11 @@ def _load(wd):
 
 def _emit(text: str, output) -> None:
     if output:
-        with open(output, "w") as f:
-            f.write(text)
+        try:
+            with open(output, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror}")
     else:
         click.echo(text, nl=False)
 
@@ -111,7 +115,8 @@ def gantt_cmd(wd, output, lanes):
             gantt.png(run, output, lanes)
         except RuntimeError as exc:
             raise click.ClickException(str(exc))
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror}")
     else:
-        with open(output, "w") as f:
-            f.write(gantt.svg(run, lanes))
+        _emit(gantt.svg(run, lanes), output)
     click.echo(f"wrote {output}")

@@ -1,4 +1,5 @@
 """`qcg-hier status`: a live view of a running service (or the final state of a finished one)."""
+import time
 from pathlib import Path
 
 import orjson
@@ -9,6 +10,7 @@ from ..api.manager import Manager
 from ..service.servicedir import find_service_dirs
 
 FINAL = ("SUCCEED", "FAILED", "CANCELED", "OMITTED")
+LIVE_TIMEOUT = 10.0  # seconds a running service has to answer
 
 
 def fetch(target: str | None) -> tuple[dict, bool]:
@@ -19,19 +21,30 @@ def fetch(target: str | None) -> tuple[dict, bool]:
     dirs = find_service_dirs(path)
     if not dirs:
         raise FileNotFoundError(f"no .qcgpjm-service-* directory in {path}")
-    if (dirs[0] / "address").exists():
-        try:
-            return _live(str(dirs[0])), True
-        except QCGPJMAError:
-            pass  # it just ended: fall back to its final status
+    address = dirs[0] / "address"
+    if address.exists():
+        # short tries first: a service that is ending closes its socket before it removes its
+        # address, and a request sent then would get no reply for the whole timeout
+        deadline = time.monotonic() + LIVE_TIMEOUT
+        wait = 1.0
+        while True:
+            try:
+                timeout = min(wait, max(deadline - time.monotonic(), 0.1))
+                return _live(str(dirs[0]), timeout, timeout), True
+            except QCGPJMAError:
+                if not address.exists():
+                    break  # it just ended: fall back to its final status
+                if time.monotonic() >= deadline:
+                    raise
+                wait *= 2
     final = dirs[0] / "final_status.json"
     if not final.exists():
         raise FileNotFoundError(f"{dirs[0]} has neither a running service nor final_status.json")
     return orjson.loads(final.read_bytes()), False
 
 
-def _live(address: str) -> dict:
-    manager = Manager(address, {"connect_timeout": 5, "request_timeout": 10})
+def _live(address: str, connect_timeout: float = 5.0, request_timeout: float = LIVE_TIMEOUT) -> dict:
+    manager = Manager(address, {"connect_timeout": connect_timeout, "request_timeout": request_timeout})
     try:
         return manager.system_status()
     finally:
