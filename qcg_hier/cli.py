@@ -171,6 +171,10 @@ def run_service(opts, nodes) -> int:
         raise click.UsageError(f"cannot create working directory {wd}: {exc}")
     instance_id = opts.instance_id or default_instance_id()
     service_dir = make_service_dir(wd, instance_id)
+    if not opts.resume_records:
+        # a new run with an --id used before starts clean (service.log is appended, as upstream)
+        for stale in ("journal", "final_status.json", "address", opts.report_file):
+            (service_dir / stale).unlink(missing_ok=True)
     logger = setup_logging(service_dir, opts.log_level)
     tags = ",".join([instance_id] + ([t for t in opts.tags.split(",") if t] if opts.tags else []))
     logger.info("service %s version v%s started %s @ %s (with tags %s)", instance_id, __version__,

@@ -433,16 +433,16 @@ class Scheduler:
         if state.is_final or self.emit_progress:
             self.events.append(("job", job, state))
 
-    def _finish_unstarted(self, job: Job, state: JobState, now: float, only=None) -> None:
+    def _finish_unstarted(self, job: Job, state: JobState, now: float, only=None, why: str | None = None) -> None:
         """Give every not-started iteration (or only iteration `only`) a final state without starting it."""
         if only is not None:
             if job.skip is None:
                 job.skip = set()
             job.skip.add(only)
-            self._final_unstarted(job, only, state, now)
+            self._final_unstarted(job, only, state, now, why)
             return
         for it in [*(job.requeue or ()), *(job.ready or ()), *(job.it_waits or ())]:
-            self._final_unstarted(job, it, state, now)
+            self._final_unstarted(job, it, state, now, why)
         lo = job.dep_cursor if job.it_deps else job.next_it
         skipped = [i for i in (job.skip or ()) if i >= lo]
         count = job.stop - lo - len(skipped)
@@ -470,7 +470,7 @@ class Scheduler:
         if job.it_waits:
             job.it_waits.clear()
 
-    def _final_unstarted(self, job: Job, it: int, state: JobState, now: float) -> None:
+    def _final_unstarted(self, job: Job, it: int, state: JobState, now: float, why: str | None = None) -> None:
         if it in job.running or job.iteration_state(it).is_final:
             return
         if job.it_waits:
@@ -479,7 +479,13 @@ class Scheduler:
         job.set_final(it, state)
         self.it_counts[state] += 1
         if job.iterative:
-            self.events.append(("it", job, it, state, None))
+            # it never ran: its record says when and why it ended
+            record = Record(state, [(state, now)], None, None, why or state.value.lower(), 0)
+            if len(job.records or ()) < self.record_limit:
+                if job.records is None:
+                    job.records = {}
+                job.records[it] = record
+            self.events.append(("it", job, it, state, record))
         if job.has_it_waiters:
             self._wake((job.name, it), False, state, now)
 
@@ -491,7 +497,7 @@ class Scheduler:
 
     def _omit_iteration(self, job: Job, it: int, reason: str, now: float) -> None:
         job.add_message(f"{job.name}:{it}: {reason}")
-        self._finish_unstarted(job, OMIT, now, only=it)
+        self._finish_unstarted(job, OMIT, now, only=it, why=reason)
         if job.finished == job.total and not job.state.is_final:
             self._job_final(job, now)
 

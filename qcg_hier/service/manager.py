@@ -149,16 +149,17 @@ class ManagerService:
     async def shutdown(self) -> None:
         if self.progress:
             self.progress.stop(self)
-        for iface in self.interfaces:
-            await iface.close()
         await self.launcher.stop()
         self._process_events()
         self.report.close()
         if self.journal is not None:
             self.journal.close()
+        # final status first, then the address goes: a client never finds neither
         write_final_status(self.service_dir, self.status(final=True))
         if self.network is not None:
             (self.service_dir / "address").unlink(missing_ok=True)  # nobody answers there any more
+        for iface in self.interfaces:
+            await iface.close()
         log.info("service %s finished", self.instance_id)
 
     def _open_network(self) -> None:

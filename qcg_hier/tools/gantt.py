@@ -58,9 +58,10 @@ def svg(run: Run, per: str = "core") -> str:
                    f'fill="{COLOURS.get(state, "#777")}" stroke="white" stroke-width="0.6"><title>{escape(name)} {state} '
                    f'{end - start:.3f} s</title></rect>')
     axis_y = top + lane_h * max(len(names), 1) + 4
+    digits = 0 if total >= 20 else 1 if total >= 2 else 2  # distinct tick labels on short runs too
     for k in range(11):
         t = total * k / 10
-        out.append(f'<text x="{x(t):.1f}" y="{axis_y + 12}" text-anchor="middle">{t:.1f}s</text>')
+        out.append(f'<text x="{x(t):.1f}" y="{axis_y + 12}" text-anchor="middle">{t:.{digits}f}s</text>')
     for k, (state, colour) in enumerate(c for c in COLOURS.items() if c[0] in {b[3] for b in bars}):
         out.append(f'<rect x="{left + width + 12}" y="{top + k * 16}" width="10" height="10" fill="{colour}"/>'
                    f'<text x="{left + width + 26}" y="{top + k * 16 + 9}">{state}</text>')
