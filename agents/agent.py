@@ -151,6 +151,8 @@ class Agent:
         self._which_cache: dict = {}
 
         self.by_pid: dict[int, Task] = {}
+        self.guard: list[bytes] = []  # +pgid / -pgid lines for the watchdog (see _start_watchdog)
+        self.guard_fd = None
         self.by_tid: dict = {}
         self.heap: list = []
         self._seq = 0
@@ -373,8 +375,20 @@ class Agent:
 
             if not out and not self._backlog and now - self.last_send >= hb:
                 out.append(["hb", time.time()])
+            if self.guard:
+                self._feed_watchdog()
             if out or self._backlog:
                 self._flush(out)
+
+    def _feed_watchdog(self) -> None:
+        """Tell the watchdog which task process groups exist (one write per loop turn)."""
+        data = b"".join(self.guard)
+        self.guard.clear()
+        if self.guard_fd is not None:
+            try:
+                os.write(self.guard_fd, data)
+            except OSError:
+                self.guard_fd = None
 
     def _flush(self, out: list) -> bool:
         if self._backlog:
@@ -597,6 +611,7 @@ class Agent:
             err = f"invalid task specification: {type(e).__name__}: {e}"
         else:
             task = Task(tid, pid, start, wt, grace)
+            self.guard.append(b"+%d\n" % pid)
             self.by_pid[pid] = task
             self.by_tid[tid] = task
             if wt is not None:
@@ -686,6 +701,7 @@ class Agent:
                 killpg(pid, SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+            self.guard.append(b"-%d\n" % pid)
             task = by_pid.pop(pid, None)
             if task is None:
                 continue
@@ -811,6 +827,40 @@ def _private_stderr():
     return stream
 
 
+def _start_watchdog():
+    """Fork, before anything else is set up, a small process that kills every task process
+    group the agent registered if the agent itself disappears (kill -9 included): the agent
+    writes `+pgid` / `-pgid` lines to a pipe; end of file means the agent is gone."""
+    read_fd, write_fd = os.pipe()  # both close-on-exec: tasks do not inherit them
+    pid = os.fork()
+    if pid:
+        os.close(read_fd)
+        return write_fd
+    try:
+        os.close(write_fd)
+        os.setsid()  # signals aimed at the agent's group must not take the watchdog first
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        live, pending = set(), b""
+        while True:
+            data = os.read(read_fd, 65536)
+            if not data:
+                break
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                if line[:1] == b"+":
+                    live.add(int(line[1:]))
+                elif line[:1] == b"-":
+                    live.discard(int(line[1:]))
+        for pgid in live:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except OSError:
+                pass
+    finally:
+        os._exit(0)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not args.node:
@@ -841,6 +891,7 @@ def main(argv=None) -> int:
         log.error("CURVE requested but libzmq has no CURVE support")
         return EXIT_USAGE
 
+    guard_fd = _start_watchdog()
     agent = Agent(
         _normalize_address(args.manager),
         args.node,
@@ -851,4 +902,5 @@ def main(argv=None) -> int:
         curve_secret_key=sec,
         detach_stdio=True,
     )
+    agent.guard_fd = guard_fd
     return agent.run()

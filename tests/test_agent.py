@@ -553,3 +553,56 @@ def test_plain_agent_cannot_talk_to_curve_server(tmp_path):
         assert not m.sock.poll(1000), "a plain agent got through to a CURVE server"
     finally:
         m.close(graceful=False)
+
+
+def test_tasks_die_with_the_agent_even_on_kill_9(tmp_path):
+    """The agent's watchdog kills every task process group when the agent is SIGKILLed."""
+    import signal as _signal
+    import subprocess as _subprocess
+    import sys as _sys
+    import time as _time
+
+    import zmq as _zmq
+    ctx = _zmq.Context.instance()
+    router = ctx.socket(_zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    agent = _subprocess.Popen([_sys.executable, "-m", "qcg_hier_agent", "--manager", f"tcp://127.0.0.1:{port}",
+                               "--node", "w", "--manager-timeout", "60"])
+    try:
+        assert router.poll(10000)
+        ident, _ = router.recv_multipart()
+        pidfile = tmp_path / "pids"
+        spec = {"argv": ["/bin/sh", "-c", f"echo $$ >> {pidfile}; sleep 100 & echo $! >> {pidfile}; wait"],
+                "wd": str(tmp_path)}
+        import orjson as _orjson
+        router.send_multipart([ident, _orjson.dumps([["run", 1, spec]])])
+        deadline = _time.time() + 10
+        while (not pidfile.exists() or len(pidfile.read_text().split()) < 2) and _time.time() < deadline:
+            _time.sleep(0.05)
+        pids = [int(p) for p in pidfile.read_text().split()]
+        _time.sleep(0.3)  # the agent's loop turn that registers the task with the watchdog
+        agent.send_signal(_signal.SIGKILL)
+        agent.wait(5)
+        deadline = _time.time() + 5
+        alive = pids
+        while alive and _time.time() < deadline:
+            alive = [p for p in pids if _alive(p)]
+            _time.sleep(0.05)
+        assert not alive, f"tasks {alive} outlived the agent"
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        router.close(0)
+
+
+def _alive(pid: int) -> bool:
+    import os as _os
+    try:
+        _os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its reaper is dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
