@@ -180,7 +180,8 @@ def run_service(opts, nodes) -> int:
     logger.info("service %s version v%s started %s @ %s (with tags %s)", instance_id, __version__,
                 _now(), socket.gethostname(), tags)
     logger.info("log level set to: %s", opts.log_level.upper())
-    logger.info("service arguments %s", opts)
+    logger.info("service arguments Namespace(%s)", ", ".join(f"{k}={v!r}" for k, v in vars(opts).items()
+                                                             if k != "resume_records"))
     total = sum(n.cores for n in nodes)
     logger.info("available resources: %d (%d used) cores on %d nodes", total, 1 if opts.system_core else 0, len(nodes))
     service = ManagerService(opts, nodes, service_dir, instance_id)
