@@ -109,7 +109,8 @@ class ResourcePool:
 
     @property
     def used_cores(self) -> int:
-        return self.total_cores - self.free_cores
+        """Slots running tasks (a node whose agent is not up yet has none in use)."""
+        return sum(n.total - len(n.free) for n in self.nodes if n.alive)
 
     @property
     def alive_nodes(self) -> list:

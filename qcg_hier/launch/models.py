@@ -4,7 +4,7 @@
 * `threads`: the same, with OMP_NUM_THREADS set to the cores of that node.
 * `srunmpi`: an srun step on exactly the allocated nodes and cores (`--exact`, one rank per
   core, placed by SLURM_HOSTFILE with `-m arbitrary`).
-* `openmpi`: `mpirun` (or `model_opts.mpirun`) with a hostfile of the allocated slots.
+* `openmpi`: `mpirun` (or `model_opts.mpirun`) with `-H node:slots,...` of the allocation.
 * `intelmpi`: Intel MPI's `mpirun` with one `-host` segment per node and its pinning list.
 `model_opts.mpirun_args` / `srun_args` are inserted before the program.
 """
@@ -28,8 +28,11 @@ def wrap(ex, argv: list, shares, hostfile: str | None, node_cpus) -> tuple[list,
         return (["srun", "--exact", "-N", str(len(names)), "-n", str(ncores), "-w", slots,
                  "-m", "arbitrary", "--kill-on-bad-exit=1", "-Q", *opts.get("srun_args", ()), *argv], {})
     if model == "openmpi":
+        # -H node:slots,... as Open MPI's mpirun takes it inside an allocation (it launches its
+        # daemons with srun; SLURM_TASKS_PER_NODE and SLURM_OVERLAP in the task's environment fit)
         mpirun = opts.get("mpirun", "mpirun")
-        return ([mpirun, "-n", str(ncores), "--hostfile", hostfile, *opts.get("mpirun_args", ()), *argv], {})
+        hosts = ",".join(f"{s[0].name}:{len(s[1])}" for s in shares)
+        return ([mpirun, "-n", str(ncores), "-H", hosts, *opts.get("mpirun_args", ()), *argv], {})
     if model == "intelmpi":
         mpirun = opts.get("mpirun", "mpirun")
         segments = []

@@ -80,7 +80,7 @@ class SrunAgents:
         return self.process.poll() if self.process else None
 
 
-def task_environment(shares, hostfile: str | None, cpu_masks: list[str] | None) -> dict:
+def task_environment(shares, hostfile: str | None) -> dict:
     """SLURM_* variables describing a task's own allocation (upstream's list)."""
     names = [share[0].name for share in shares]
     per_node = [len(share[1]) for share in shares]
@@ -96,21 +96,16 @@ def task_environment(shares, hostfile: str | None, cpu_masks: list[str] | None) 
         "SLURM_STEP_TASKS_PER_NODE": compressed,
         "SLURM_NTASKS_PER_NODE": str(per_node[0]) if len(set(per_node)) == 1 else None,
         "SLURM_OVERLAP": "1",  # a task may run srun itself next to the agents' step
+        # the agents' step leaves these behind; older sruns read them as options of a nested srun.
+        # (Binding is done by the agent itself; SLURM_CPU_BIND would only make srun talk.)
+        "SLURM_CPUS_PER_TASK": None, "SLURM_CPU_BIND": None, "SLURM_CPU_BIND_LIST": None,
+        "SLURM_CPU_BIND_TYPE": None, "SLURM_CPU_BIND_VERBOSE": None, "SLURM_DISTRIBUTION": None,
     }
     if hostfile:
         env["SLURM_HOSTFILE"] = hostfile
-    if cpu_masks:
-        env["SLURM_CPU_BIND"] = "verbose,mask_cpu:" + ",".join(cpu_masks)
     return env
 
 
 def hostfile_text(shares) -> str:
     """One line per slot, as upstream (srun -m arbitrary and mpirun read it)."""
     return "".join(f"{share[0].name}\n" * len(share[1]) for share in shares)
-
-
-def cpu_mask(cpus) -> str:
-    mask = 0
-    for cpu in cpus:
-        mask |= 1 << cpu
-    return hex(mask)

@@ -95,8 +95,7 @@ def build(task, ctx: TaskContext) -> dict:
         hostfile = os.path.join(wd, f".{job.name}{'-' + str(task.it) if job.iterative else ''}.hostfile")
         _write(hostfile, slurm.hostfile_text(shares))
     if ctx.slurm_env:
-        masks = [slurm.cpu_mask(_cpus(share, ctx) or []) for share in shares] if ctx.binding else None
-        env.update(slurm.task_environment(shares, hostfile, masks))
+        env.update(slurm.task_environment(shares, hostfile))
     argv, model_env = models.wrap(ex, argv, shares, hostfile, lambda share: _cpus(share, ctx))
     env.update(model_env)
     if ctx.srun_steps and ex.model != "srunmpi":
