@@ -150,7 +150,11 @@ def _restore_options(opts, given: dict) -> None:
     if not isinstance(saved, dict):
         raise click.UsageError(f"--resume: the journal in {dirs[0]} does not start with the service options")
     ctx = click.get_current_context()
+    # saved after their defaults were filled in: restoring them would turn --net on (see service_main)
+    derived = () if saved.get("net") else ("net_port_min", "net_port_max")
     for key, value in saved.items():
+        if key in derived:
+            continue
         if key in given and ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE:
             setattr(opts, key, value)
     opts.instance_id = dirs[0].name[len(SERVICE_DIR_PREFIX):]

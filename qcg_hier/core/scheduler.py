@@ -563,6 +563,10 @@ class Scheduler:
             return
         for a, b in ranges:
             a, b = max(a, job.start), min(b, job.stop)
+            skip = job.skip
+            while skip and job.next_it in skip and not job.it_deps:
+                skip.discard(job.next_it)  # restored out of order earlier: the prefix goes on past it
+                job.next_it += 1
             if a < b and a == job.next_it and not job.it_deps and not job.requeue and not job.skip \
                     and not job.pending_deps:
                 if job.it_states is None:
@@ -581,10 +585,21 @@ class Scheduler:
             for it in range(a, b):
                 if job.state.is_final:
                     break
-                if not job.iteration_state(it).is_final:
-                    self._finish_unstarted(job, state, now, only=it)
-                    if job.finished == job.total:
-                        self._job_final(job, now)
+                if it in job.running or job.iteration_state(it).is_final:
+                    continue
+                # not _finish_unstarted: that is for OMITTED/CANCELED, it wakes dependants as unmet
+                if job.skip is None:
+                    job.skip = set()
+                job.skip.add(it)
+                if job.it_waits:
+                    job.it_waits.pop(it, None)
+                self.it_counts[Q] -= 1
+                job.set_final(it, state)
+                self.it_counts[state] += 1
+                if job.has_it_waiters:
+                    self._wake((job.name, it), state is OK, state, now)
+                if job.finished == job.total:
+                    self._job_final(job, now)
 
     def mark_retry(self, name: str, iterations, now: float) -> None:
         """Replaying a journal: these iterations were running when the service died; they run
@@ -597,6 +612,9 @@ class Scheduler:
         for it in iterations:
             if not job.iteration_state(it).is_final:
                 job.attempts[it] = (1, [(SCH, now), (Q, now)])
+                if not job.iterative:
+                    # a plain job is reported with its job history: show the retry there too (as node_lost does)
+                    job.history = [*job.history, (SCH, now), (Q, now)]
 
     # ================================================================ failures
     def node_lost(self, node, now: float, permanent: bool = True) -> list[Task]:

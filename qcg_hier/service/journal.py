@@ -36,6 +36,7 @@ def to_ranges(values) -> list[list[int]]:
 class Journal:
     def __init__(self, service_dir: Path):
         self.path = Path(service_dir) / JOURNAL_FILE
+        _drop_torn_tail(self.path)  # a resumed run appends: never glue its first record to a torn line
         self._file = open(self.path, "ab")
         self._buffer: list[bytes] = []
         self._started = defaultdict(list)
@@ -66,6 +67,31 @@ class Journal:
     def close(self) -> None:
         self.flush()
         self._file.close()
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line without its newline (a write cut short by a crash); read() ignores it anyway."""
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if not size:
+                return
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                f.seek(start)
+                chunk = f.read(end - start)
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    f.truncate(start + cut + 1)
+                    return
+                end = start
+            f.truncate(0)
+    except FileNotFoundError:
+        pass
 
 
 def read(service_dir: Path) -> list[dict]:

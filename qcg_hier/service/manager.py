@@ -352,7 +352,12 @@ class ManagerService:
         file_index = -1
         for rec in records:
             if "submit" in rec:
-                core.submit([parse_job(d) for d in rec["submit"]], now)
+                try:
+                    core.submit([parse_job(d) for d in rec["submit"]], now)
+                except Exception as exc:  # e.g. --nodes given again with fewer cores than a job needs
+                    message = f"--resume: a journaled submit cannot be restored: {exc}"
+                    log.error("%s", message)
+                    raise SystemExit(f"qcg-pm-service: error: {message}") from None
             elif "run" in rec:
                 for job, ranges in rec["run"].items():
                     started.setdefault(job, set()).update(i for a, b in ranges for i in range(a, b))
@@ -370,6 +375,7 @@ class ManagerService:
                     core.remove(rec["remove"])
                 except Exception:
                     pass
+                started.pop(rec["remove"], None)  # not retries of a later job given the same name
             elif "file" in rec:
                 file_index = max(file_index, rec["file"])
             elif rec.get("finish"):
