@@ -112,6 +112,8 @@ class AgentLauncher:
         self._launched: dict[int, tuple] = {}  # tid -> (program name, wd, agent name)
         self._zctx = zmq.asyncio.Context.instance()
         self._sock = None
+        self._loop = None
+        self._check_pending = False
         self.address = None
         self._tasks = []
         self._started_at = time.monotonic()
@@ -119,7 +121,9 @@ class AgentLauncher:
 
     # ----- lifecycle -----
     async def start(self) -> None:
-        self._sock = self._zctx.socket(zmq.ROUTER)
+        # a plain socket read by a loop reader: every frame waiting is drained in one callback
+        # (no future per frame), so task ends turn into new starts with the least delay
+        self._sock = zmq.Socket(self._zctx, zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if self.credentials is not None:
@@ -127,7 +131,8 @@ class AgentLauncher:
             self.zap.allow(AGENT_DOMAIN, self.credentials.client_public)
         port = self._sock.bind_to_random_port(f"tcp://{self.bind_host}")
         self.address = f"tcp://{self.advertise_host}:{port}"
-        self._tasks.append(asyncio.ensure_future(self._receive()))
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._sock.getsockopt(zmq.FD), self._on_readable)
         self._tasks.append(asyncio.ensure_future(self._watch()))
         self._started_at = time.monotonic()
         self.starter.start(self._agent_argv())
@@ -165,6 +170,7 @@ class AgentLauncher:
                     proc.wait()
         for task in self._tasks:
             task.cancel()
+        self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
         self._sock.close(0)
 
     # ----- outgoing -----
@@ -194,23 +200,34 @@ class AgentLauncher:
                     self._sock.send_multipart([agent.name.encode(), frame], flags=zmq.NOBLOCK)
                 except zmq.ZMQError as exc:
                     log.warning("cannot send to agent %s: %s", agent.name, exc)
+        if not self._check_pending and self._loop is not None:
+            # the socket's descriptor is edge-triggered: after a send, look for input ourselves
+            self._check_pending = True
+            self._loop.call_soon(self._on_readable)
 
     # ----- incoming -----
-    async def _receive(self) -> None:
+    def _on_readable(self) -> None:
+        self._check_pending = False
         sock = self._sock
-        while True:
-            ident, frame = await sock.recv_multipart()
+        if sock is None or sock.closed:
+            return
+        finished = []
+        now = time.monotonic()
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                ident, frame = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
             agent = self.agents.get(ident.decode(errors="replace"))
             if agent is None:
                 log.warning("a connection from unknown agent %r ignored", ident)
                 continue
-            agent.last_seen = time.monotonic()
+            agent.last_seen = now
             try:
                 messages = protocol.decode(frame)
             except Exception:
                 log.warning("agent %s sent an undecodable frame", agent.name)
                 continue
-            finished = []
             for msg in messages:
                 kind = msg[0]
                 if kind == "done":
@@ -219,8 +236,8 @@ class AgentLauncher:
                     self._agent_ready(agent, msg[1])
                 elif kind == "bye":
                     agent.alive = False
-            if finished:
-                self.cb.on_finished(finished)
+        if finished:
+            self.cb.on_finished(finished)
 
     def _outcome(self, msg) -> Outcome:
         _, tid, pid, rc, start, end, cpu, maxrss, reason, error = msg
