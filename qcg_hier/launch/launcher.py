@@ -114,6 +114,7 @@ class AgentLauncher:
         self._sock = None
         self._loop = None
         self._check_pending = False
+        self._restarts: list[float] = []
         self.address = None
         self._tasks = []
         self._started_at = time.monotonic()
@@ -144,7 +145,8 @@ class AgentLauncher:
                 "--heartbeat-interval", str(s.heartbeat), "--manager-timeout", str(s.timeout)]
         if self.credentials is not None:
             keys = self.credentials.keys_file(os.path.join(self.service_dir, "agent-keys.json"))
-            argv += ["--curve-server-key", self.credentials.server_public, "--curve-keys-file", str(keys)]
+            # `=`: a Z85 key may begin with '-', which would read as an option
+            argv += [f"--curve-server-key={self.credentials.server_public}", f"--curve-keys-file={keys}"]
         return argv
 
     async def stop(self, kill_grace: float = 0) -> None:
@@ -297,6 +299,11 @@ class AgentLauncher:
                 elif agent.alive and now - agent.last_sent > s.heartbeat:
                     agent.outbox.append(["ping", now])
             if exited and self.starter.restartable:
+                self._restarts.append(now)
+                self._restarts = [t for t in self._restarts if now - t < 60]
+                if len(self._restarts) > 5:
+                    self.cb.on_fatal("the node agent keeps dying (6 times within a minute): see agent-*.log")
+                    return
                 log.warning("restarting the node agent")
                 self.starter.start(self._agent_argv())
             self.flush()

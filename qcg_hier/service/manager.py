@@ -270,6 +270,7 @@ class ManagerService:
                 record = self.journal.started
                 for task in started:
                     record(task.job.name, task.it)
+                self.journal.flush()  # with the pass that starts them, not with the next task end
             if self.config.fake_launch:
                 # fake tasks finish inside launch(): mark them executing first
                 core.executing(started, now)
