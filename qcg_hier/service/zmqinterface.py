@@ -163,16 +163,18 @@ class ZmqInterface:
                 self.refused += 1
                 kind = zmq.Event(event["event"]).name
                 # A refused client retries every ~100 ms. Log the first refusal at once, then at most one
-                # line per window, the window doubling up to a minute while refusals keep coming.
+                # line per window (doubling up to 4 s: a new stranger shows within seconds, a persistent
+                # one costs at most ~900 lines an hour), with the number of refusals not logged.
                 now = asyncio.get_running_loop().time()
-                last, next_line, window, unlogged = throttle.get(kind, (-1e9, 0.0, 0.5, 0))
-                if now - last > 60:
-                    window = 0.5
+                key = (kind, event["value"])
+                last, next_line, window, unlogged = throttle.get(key, (-1e9, 0.0, 0.25, 0))
+                if now - last > 10:
+                    window = 0.25
                 if now < next_line:
-                    throttle[kind] = [now, next_line, window, unlogged + 1]
+                    throttle[key] = [now, next_line, window, unlogged + 1]
                     continue
-                window = min(window * 2, 60.0)
-                throttle[kind] = [now, now + window, window, 0]
+                window = min(window * 2, 4.0)
+                throttle[key] = [now, now + window, window, 0]
                 more = unlogged
                 log.warning("refused a connection on %s: handshake failed (%s, code %s): the peer does not hold "
                             "this instance's credentials%s", event["endpoint"].decode(errors="replace"),
