@@ -487,7 +487,7 @@ class Scheduler:
                 job.records[it] = record
             self.events.append(("it", job, it, state, record))
         if job.has_it_waiters:
-            self._wake((job.name, it), False, state, now)
+            self._wake((job.name, it), state is OK, state, now)  # OK only when replaying a journal
 
     def _omit_job(self, job: Job, reason: str, now: float) -> None:
         job.add_message(reason)
@@ -585,21 +585,10 @@ class Scheduler:
             for it in range(a, b):
                 if job.state.is_final:
                     break
-                if it in job.running or job.iteration_state(it).is_final:
-                    continue
-                # not _finish_unstarted: that is for OMITTED/CANCELED, it wakes dependants as unmet
-                if job.skip is None:
-                    job.skip = set()
-                job.skip.add(it)
-                if job.it_waits:
-                    job.it_waits.pop(it, None)
-                self.it_counts[Q] -= 1
-                job.set_final(it, state)
-                self.it_counts[state] += 1
-                if job.has_it_waiters:
-                    self._wake((job.name, it), state is OK, state, now)
-                if job.finished == job.total:
-                    self._job_final(job, now)
+                if it not in job.running and not job.iteration_state(it).is_final:
+                    self._finish_unstarted(job, state, now, only=it)
+                    if job.finished == job.total:
+                        self._job_final(job, now)
 
     def mark_retry(self, name: str, iterations, now: float) -> None:
         """Replaying a journal: these iterations were running when the service died; they run

@@ -189,27 +189,22 @@ class Handlers:
 
     # ------------------------------------------------------------ changes
     def r_cancelJob(self, req: dict) -> dict:
-        canceled, errors = 0, {}
-        for name in _names(req):
-            try:
-                self.s.cancel(name)
-                canceled += 1
-            except UnknownJobError as exc:
-                errors[name] = str(exc)
-        data = {"canceled": canceled}
-        if errors:
-            data["errors"] = errors
-        return protocol.ok(data)
+        return self._per_name(req, self.s.cancel, "canceled")
 
     def r_removeJob(self, req: dict) -> dict:
-        removed, errors = 0, {}
+        return self._per_name(req, self.s.remove, "removed")
+
+    @staticmethod
+    def _per_name(req: dict, action, done_key: str) -> dict:
+        """Apply `action` to every name: `{done_key: count, "errors": {name: why}}` (as upstream)."""
+        done, errors = 0, {}
         for name in _names(req):
             try:
-                self.s.remove(name)
-                removed += 1
+                action(name)
+                done += 1
             except UnknownJobError as exc:
                 errors[name] = str(exc)
-        data = {"removed": removed}
+        data = {done_key: done}
         if errors:
             data["errors"] = errors
         return protocol.ok(data)

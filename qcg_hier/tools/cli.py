@@ -64,6 +64,10 @@ def _emit(text: str, output) -> None:
         click.echo(text, nl=False)
 
 
+def _emit_data(data: dict, as_text, as_json: bool, output) -> None:
+    _emit(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n" if as_json else as_text(data), output)
+
+
 @main.group("report")
 def report_group():
     """Reports of a run, from its files (works on finished and running services)."""
@@ -75,8 +79,7 @@ def report_group():
 @click.option("--json", "as_json", is_flag=True)
 def stats_cmd(wd, output, as_json):
     """Jobs, iterations, states, run and queue times, core utilisation, overheads."""
-    s = report.stats(_load(wd))
-    _emit(orjson.dumps(s, option=orjson.OPT_INDENT_2).decode() + "\n" if as_json else report.stats_text(s), output)
+    _emit_data(report.stats(_load(wd)), report.stats_text, as_json, output)
 
 
 @report_group.command("jobs")
@@ -97,9 +100,7 @@ def jobs_cmd(wd, state, node, name, sort, output):
 @click.option("--json", "as_json", is_flag=True)
 def efficiency_cmd(wd, output, as_json):
     """Busy core-seconds over available core-seconds, overall and per node."""
-    e = report.efficiency(_load(wd))
-    _emit(orjson.dumps(e, option=orjson.OPT_INDENT_2).decode() + "\n" if as_json else report.efficiency_text(e),
-          output)
+    _emit_data(report.efficiency(_load(wd)), report.efficiency_text, as_json, output)
 
 
 @report_group.command("gantt")
