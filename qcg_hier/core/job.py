@@ -106,7 +106,7 @@ class Task:
 
 class Job:
     __slots__ = (
-        "spec", "name", "seq", "state", "history", "iterative", "start", "stop", "next_it", "skip",
+        "spec", "name", "seq", "state", "_history", "iterative", "start", "stop", "next_it", "skip",
         "requeue", "ready", "sizer", "size_on_nodes", "queued_under", "running",
         "counts", "it_states", "records", "pending_deps", "it_deps", "dep_cursor", "it_waits",
         "cancel_requested", "messages", "overtaken", "has_it_waiters", "attempts", "base_request",
@@ -117,9 +117,9 @@ class Job:
         self.name = spec.name
         self.seq = seq
         self.state = JobState.QUEUED
-        # ((QUEUED, time),): a tuple (smaller than a list) whose entry a whole submit batch shares;
-        # it becomes a list at the first change of state
-        self.history = (queued_entry,)
+        # while only queued, the history is the (QUEUED, time) entry a whole submit batch shares
+        # (no object of its own); it becomes a list at the first change of state: see `states`
+        self._history = queued_entry
         it = spec.iteration
         self.iterative = it is not None
         self.start, self.stop = (it.start, it.stop) if it is not None else (0, 1)
@@ -145,6 +145,17 @@ class Job:
         self.has_it_waiters = False
         self.attempts = None  # iteration -> number of earlier attempts (retries)
         self.base_request = spec.resources.request()
+
+    @property
+    def history(self) -> list:
+        """[(JobState, time), ...]"""
+        h = self._history
+        return h if type(h) is list else [h]
+
+    def add_history(self, state, now: float) -> None:
+        if type(self._history) is not list:
+            self._history = [self._history]
+        self._history.append((state, now))
 
     # ----- sizes -----
     @property

@@ -427,9 +427,7 @@ class Scheduler:
         self.job_counts[job.state] -= 1
         self.job_counts[state] += 1
         job.state = state
-        if type(job.history) is tuple:
-            job.history = list(job.history)
-        job.history.append((state, now))
+        job.add_history(state, now)
         if state.is_final or self.emit_progress:
             self.events.append(("job", job, state))
 
@@ -603,7 +601,8 @@ class Scheduler:
                 job.attempts[it] = (1, [(SCH, now), (Q, now)])
                 if not job.iterative:
                     # a plain job is reported with its job history: show the retry there too (as node_lost does)
-                    job.history = [*job.history, (SCH, now), (Q, now)]
+                    job.add_history(SCH, now)
+                    job.add_history(Q, now)
 
     # ================================================================ failures
     def node_lost(self, node, now: float, permanent: bool = True) -> list[Task]:
