@@ -107,19 +107,23 @@ def build(task, ctx: TaskContext) -> dict:
         path = getattr(ex, stream)
         if path:
             spec[stream] = os.path.join(wd, subst(path))
-    if cpus:
-        spec["cpus"] = cpus
+    if cpus and len(cpus) < len(ctx.cpu_maps[shares[0][0].name]):
+        spec["cpus"] = cpus  # narrower than what the agent has: bind (else the task inherits it all)
     if job.spec.resources.wt:
         spec["wt"] = job.spec.resources.wt
     return spec
 
 
 def _cpus(share, ctx: TaskContext) -> list[int] | None:
-    """OS CPUs of the first node's slots; more slots than CPUs wrap around the CPUs that exist."""
+    """OS CPUs of a node's slots: slot i is the node agent's i-th CPU. A node offering more slots
+    than its agent has CPUs (virtual nodes) gives every task all of those CPUs: pinning 32 slots
+    onto 2 CPUs only stops the kernel from balancing. Never a CPU id the agent does not have."""
     cpu_map = ctx.cpu_maps.get(share[0].name)
     if not cpu_map:
         return None
-    return sorted({cpu_map[slot % len(cpu_map)] for slot in share[1]})
+    if share[0].total > len(cpu_map):
+        return sorted(cpu_map)
+    return sorted(cpu_map[slot] for slot in share[1])
 
 
 def _identity(text):
