@@ -132,7 +132,10 @@ class ExecutionSpec:
     def templated(self) -> bool:
         """Whether launch-time variables are used, so each task needs substitution (found once, lazily)."""
         if self._templated is None:
-            self._templated = uses_launch_variables(self.to_dict())
+            texts = [self.exec, self.script, self.wd, self.stdin, self.stdout, self.stderr, self.venv,
+                     *self.args, *self.modules, *(v for _, v in self.env)]
+            # most jobs have no '$' at all: no need to look for our variable names
+            self._templated = any(t and "$" in t for t in texts) and uses_launch_variables(self.to_dict())
         return self._templated
 
 
