@@ -256,50 +256,51 @@ def check_job_name(name, job=None) -> str:
     return name
 
 
+def _parse_env(value, job) -> tuple:
+    if not isinstance(value, dict):
+        raise JobDescriptionError(job, "execution.env", "must be an object of NAME: value")
+    return tuple((_string(k, job, "execution.env"), _scalar_text(v, job, f"execution.env.{k}"))
+                 for k, v in value.items())
+
+
+def _parse_model(value, job) -> str:
+    model = _string(value, job, "execution.model").lower()
+    if model not in MODELS:
+        raise JobDescriptionError(job, "execution.model", f"unknown model {value!r} (known: {', '.join(MODELS)})")
+    return model
+
+
+def _parse_model_opts(value, job) -> tuple:
+    _check_keys(value, _MODEL_OPTS_KEYS, job, "execution.model_opts")
+    return tuple((key, _string(v, job, "execution.model_opts.mpirun") if key == "mpirun"
+                  else _string_list(v, job, f"execution.model_opts.{key}")) for key, v in value.items())
+
+
+# one parser per execution field: a description is walked by the keys it has, not probed for all
+_EXEC_FIELDS = {
+    "exec": lambda v, job: _string(v, job, "execution.exec"),
+    "script": lambda v, job: _string(v, job, "execution.script"),
+    "args": lambda v, job: _string_list(v, job, "execution.args"),
+    "env": _parse_env,
+    "modules": lambda v, job: _string_list(v, job, "execution.modules", allow_single=True),
+    "model": _parse_model,
+    "model_opts": _parse_model_opts,
+    **{key: (lambda k: lambda v, job: _string(v, job, f"execution.{k}"))(key)
+       for key in ("wd", "stdin", "stdout", "stderr", "venv")},
+}
+
+
 def parse_execution(obj, job) -> ExecutionSpec:
     if obj is None:
         raise JobDescriptionError(job, "execution", "missing (a job needs 'execution' with 'exec' or 'script')")
     _check_keys(obj, _EXEC_KEYS, job, "execution")
-    exe, script = obj.get("exec"), obj.get("script")
-    if exe is not None and script is not None:
+    fields = {key: _EXEC_FIELDS[key](value, job) for key, value in obj.items() if value is not None}
+    if "exec" in fields and "script" in fields:
         raise JobDescriptionError(job, "execution", "'exec' and 'script' are exclusive: give one of them")
-    if exe is None and script is None:
+    if "exec" not in fields and "script" not in fields:
         raise JobDescriptionError(job, "execution", "needs 'exec' or 'script'")
-    if script is not None and obj.get("args"):
+    if "script" in fields and fields.get("args"):
         raise JobDescriptionError(job, "execution.args", "'args' goes with 'exec', not with 'script'")
-    fields = {}
-    if exe is not None:
-        fields["exec"] = _string(exe, job, "execution.exec")
-    else:
-        fields["script"] = _string(script, job, "execution.script")
-    if obj.get("args") is not None:
-        fields["args"] = _string_list(obj["args"], job, "execution.args")
-    env = obj.get("env")
-    if env is not None:
-        if not isinstance(env, dict):
-            raise JobDescriptionError(job, "execution.env", "must be an object of NAME: value")
-        fields["env"] = tuple((_string(k, job, "execution.env"), _scalar_text(v, job, f"execution.env.{k}"))
-                              for k, v in env.items())
-    for key in ("wd", "stdin", "stdout", "stderr", "venv"):
-        if obj.get(key) is not None:
-            fields[key] = _string(obj[key], job, f"execution.{key}")
-    if obj.get("modules") is not None:
-        fields["modules"] = _string_list(obj["modules"], job, "execution.modules", allow_single=True)
-    if obj.get("model") is not None:
-        model = _string(obj["model"], job, "execution.model").lower()
-        if model not in MODELS:
-            raise JobDescriptionError(job, "execution.model", f"unknown model {obj['model']!r} (known: {', '.join(MODELS)})")
-        fields["model"] = model
-    opts = obj.get("model_opts")
-    if opts is not None:
-        _check_keys(opts, _MODEL_OPTS_KEYS, job, "execution.model_opts")
-        parsed = []
-        for key, value in opts.items():
-            if key == "mpirun":
-                parsed.append((key, _string(value, job, "execution.model_opts.mpirun")))
-            else:
-                parsed.append((key, _string_list(value, job, f"execution.model_opts.{key}")))
-        fields["model_opts"] = tuple(parsed)
     return ExecutionSpec(**fields)
 
 

@@ -109,7 +109,7 @@ class Scheduler:
     @staticmethod
     def _check_cycles(specs: list) -> None:
         """Only jobs of one request can form a cycle: earlier jobs cannot name later ones."""
-        graph = {s.name: [d.partition(":")[0] for d in s.after] for s in specs}
+        graph = {s.name: [d.partition(":")[0] for d in s.after] for s in specs if s.after}
         for spec in specs:
             for dep in spec.after:
                 if dep.partition(":")[0] == spec.name:
