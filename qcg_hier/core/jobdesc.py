@@ -397,7 +397,12 @@ def parse_dependencies(obj, job) -> tuple:
     if obj is None:
         return ()
     _check_keys(obj, {"after"}, job, "dependencies")
-    after = _string_list(obj.get("after", []), job, "dependencies.after", allow_single=True)
+    raw = obj.get("after", [])
+    if type(raw) is list and all(type(d) is str for d in raw):
+        known = _TUPLES.get(tuple(raw))  # a list seen before (20,000 jobs after one gate): checked already
+        if known is not None:
+            return known
+    after = _string_list(raw, job, "dependencies.after", allow_single=True)
     for i, dep in enumerate(after):
         if not dep or dep.count(":") > 1:
             raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed dependency {dep!r} (use 'job', 'job:N' or 'job:${{it}}')")
@@ -409,7 +414,7 @@ def parse_dependencies(obj, job) -> tuple:
     return _TUPLES.setdefault(after, after) if len(_TUPLES) < 100_000 else after
 
 
-_TUPLES: dict = {}  # equal dependency lists (e.g. 20,000 jobs "after" one gate) share one tuple
+_TUPLES: dict = {}  # checked dependency lists: equal ones share one tuple
 
 
 def parse_job(obj) -> JobSpec:
