@@ -20,15 +20,9 @@ from pathlib import Path
 import psutil
 import zmq
 
+from conftest import leftover_processes, service_command, wait_for  # noqa: F401 (shared with the tests)
+
 FINAL = ("SUCCEED", "FAILED", "CANCELED", "OMITTED")
-
-
-def service_command() -> list[str]:
-    sibling = Path(sys.executable).parent / "qcg-pm-service"
-    if sibling.exists():
-        return [str(sibling)]
-    found = shutil.which("qcg-pm-service")
-    return [found] if found else [sys.executable, "-m", "qcg_hier.cli"]
 
 
 def clean_env(extra: dict | None = None) -> dict:
@@ -47,27 +41,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
-
-
-def leftover_processes(sdir: Path) -> list[psutil.Process]:
-    key = str(sdir)
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
-                continue
-            if any(key in arg for arg in proc.info["cmdline"] or ()):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return found
 
 
 def kill_tree(pid: int) -> None:

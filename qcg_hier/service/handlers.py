@@ -99,7 +99,9 @@ class Handlers:
             jobs[name] = entry
         return protocol.ok({"length": len(jobs), "jobs": jobs})
 
-    def r_jobStatus(self, req: dict) -> dict:
+    def _each_job(self, req: dict, describe) -> dict:
+        """`{"jobs": {name: {"status": 0, "data": ...} or {"status": 1, "message": ...}}}`: an unknown
+        name gets its own error entry (upstream failed the whole request)."""
         out = {}
         for name in _names(req):
             try:
@@ -107,24 +109,21 @@ class Handlers:
             except UnknownJobError as exc:
                 out[name] = {"status": 1, "message": str(exc)}
                 continue
-            state = job.state if it is None else job.iteration_state(it)
-            out[name] = {"status": 0, "data": {"jobName": name, "status": state.value}}
+            out[name] = {"status": 0, "data": describe(name, job, it)}
         return protocol.ok({"jobs": out})
+
+    def r_jobStatus(self, req: dict) -> dict:
+        def status(name, job, it):
+            state = job.state if it is None else job.iteration_state(it)
+            return {"jobName": name, "status": state.value}
+        return self._each_job(req, status)
 
     def r_jobInfo(self, req: dict) -> dict:
         params = req.get("params") or {}
         if not isinstance(params, dict):
             raise RequestError("'params' must be an object")
         with_childs = bool(params.get("withChilds"))
-        out = {}
-        for name in _names(req):
-            try:
-                job, it = self.s.core.find(name)
-            except UnknownJobError as exc:
-                out[name] = {"status": 1, "message": str(exc)}
-                continue
-            out[name] = {"status": 0, "data": self._job_info(name, job, it, with_childs)}
-        return protocol.ok({"jobs": out})
+        return self._each_job(req, lambda name, job, it: self._job_info(name, job, it, with_childs))
 
     def _job_info(self, name, job, it, with_childs) -> dict:
         if it is not None:
