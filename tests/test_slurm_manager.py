@@ -424,3 +424,28 @@ def test_mpi_hello_on_two_nodes_srunmpi(slurm_cluster, tmp_path):
     # ranks follow the hostfile: two per node, in allocation order
     order = list(allocated)
     assert [ranks[r] for r in range(4)] == [order[0], order[0], order[1], order[1]], ranks
+
+
+# ================================================================ readiness threshold and late agents
+def test_scheduling_starts_at_the_ready_threshold_and_a_late_agent_adds_its_node(tmp_path):
+    """--nl-ready-threshold 0.5 of 4 agents: scheduling starts with the 2nd; the 3rd and 4th,
+    arriving later, each make their node ready at once."""
+    from qcg_hier.launch.launcher import AgentLauncher, AgentSettings, Callbacks
+    from qcg_hier.launch.taskspec import TaskContext
+
+    events = []
+    callbacks = Callbacks(on_ready=lambda: events.append("ready"), on_finished=lambda f: None,
+                          on_node_lost=lambda n, p: events.append(("lost", n)),
+                          on_node_ready=lambda n: events.append(("node", n)))
+    ctx = TaskContext(str(tmp_path), "x", {}, {}, binding=True, slurm_env=True)
+    routes = {f"n{i}": f"n{i}" for i in range(1, 5)}
+    launcher = AgentLauncher(callbacks, ctx, str(tmp_path), routes, starter=None,
+                             settings=AgentSettings(ready_threshold=0.5))
+    info = {"host": "h", "pid": 1, "cpus": [0, 1]}
+    launcher._agent_ready(launcher.agents["n1"], info)
+    assert events == [("node", "n1")] and not launcher.ready
+    launcher._agent_ready(launcher.agents["n3"], info)
+    assert events[-2:] == [("node", "n3"), "ready"] and launcher.ready
+    launcher._agent_ready(launcher.agents["n4"], info)  # late: its node joins at once
+    assert events[-1] == ("node", "n4") and events.count("ready") == 1
+    assert ctx.cpu_maps["n4"] == [0, 1]  # and its CPUs are known for binding
