@@ -24,6 +24,7 @@ class TaskContext:
         self.binding = binding
         self.slurm_env = slurm_env  # give tasks SLURM_* variables describing their own allocation
         self.srun_steps = srun_steps  # --disable-nl: every task is an srun step on its own nodes
+        self.spec_cache: dict = {}  # (job seq, node, slots) -> a built spec to copy (see build)
 
 
 def _launch_values(task, ctx: TaskContext) -> dict:
@@ -61,6 +62,28 @@ def _command(ex, subst) -> list[str]:
 
 
 def build(task, ctx: TaskContext) -> dict:
+    """The agent's spec of a task. Tasks of one job on the same slots differ only in their step id
+    and iteration: their spec is built once and copied (the manager's per-task cost halves)."""
+    job = task.job
+    ex = job.spec.execution
+    shares = task.alloc.shares
+    if ex.templated or len(shares) > 1 or shares[0][2] or ex.model in ("openmpi", "srunmpi"):
+        return _build(task, ctx)
+    key = (job.seq, shares[0][0].name, tuple(shares[0][1]))
+    template = ctx.spec_cache.get(key)
+    if template is None:
+        if len(ctx.spec_cache) >= 50_000:
+            ctx.spec_cache.clear()
+        template = ctx.spec_cache[key] = _build(task, ctx)
+    spec = dict(template)
+    env = spec["env"] = dict(template["env"])
+    env["QCG_PM_STEP_ID"] = f"{ctx.step_prefix}{task.tid:x}"
+    if job.iterative:
+        env["QCG_PM_ITERATION"] = str(task.it)
+    return spec
+
+
+def _build(task, ctx: TaskContext) -> dict:
     job = task.job
     ex = job.spec.execution
     if ex.templated:

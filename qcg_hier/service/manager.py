@@ -171,6 +171,7 @@ class ManagerService:
         if self.task_context is not None:
             # tasks may act as application controllers and submit more jobs
             self.task_context.base_env["QCG_PM_ZMQ_ADDRESS"] = net.address
+            self.task_context.spec_cache.clear()  # specs built before carry the old environment
             if net.credentials is not None:
                 self.task_context.base_env.update(net.credentials.client_env())
         tmp = self.service_dir / "address.tmp"
