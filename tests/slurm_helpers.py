@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from conftest import SERVICE_ID, ServiceRun, leftover_processes, service_command, wait_for
+from net_helpers import kill_tree
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "slurm-cluster.sh"
@@ -104,19 +105,6 @@ def start_salloc_service(wd: Path, requests, args=(), salloc_args=("-N4", "--nta
     return run
 
 
-def _kill_tree(pid: int) -> None:
-    try:
-        root = psutil.Process(pid)
-        procs = root.children(recursive=True) + [root]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 def describe(run: ServiceRun) -> str:
     """run.describe() plus the agents' srun output and the end of each agent log."""
     parts = [run.describe()]
@@ -131,7 +119,7 @@ def finish_salloc(run: ServiceRun, timeout: float = 60, expect_rc: int | None = 
         run.stdout, run.stderr = run.proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         subprocess.run(["scancel", "--name", run.job_name], env=clean_env(), capture_output=True, timeout=30)
-        _kill_tree(run.proc.pid)
+        kill_tree(run.proc.pid)
         run.stdout, run.stderr = run.proc.communicate()
         run.returncode = run.proc.returncode
         run.elapsed = time.monotonic() - run.t0
