@@ -1,6 +1,5 @@
 """`qcg-pm-service`: the upstream command line, plus a few options of ours."""
 import asyncio
-import logging
 import os
 import socket
 import sys
@@ -68,7 +67,9 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 @click.option("--file", "use_file", is_flag=True, help="Read requests from the file given by --file-path.")
 @click.option("--file-path", default=None, help="Batch file: a JSON list of requests (implies --file).")
 @click.option("--wd", default=".", show_default=True, help="Working directory; the service directory goes inside.")
-@click.option("--envschema", default="auto", show_default=True, help="Job environment schema: auto, slurm, common.")
+@click.option("--envschema", type=click.Choice(["auto", "slurm", "common"]), default="auto", show_default=True,
+              help="Task environment: QCG_PM_* always; SLURM_* in an allocation (auto), always (slurm) or never "
+                   "(common).")
 @click.option("--resources", type=click.Choice(["auto", "local", "slurm"]), default="auto", show_default=True,
               help="Where the nodes come from: --nodes, else the Slurm allocation (auto), or this machine (local).")
 @click.option("--report-format", type=click.Choice(["json", "text", "none"]), default="json", show_default=True)
@@ -102,7 +103,8 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 @click.option("--nl-init-timeout", type=float, default=600, show_default=True, help="Seconds to wait for node agents.")
 @click.option("--nl-ready-threshold", type=float, default=1.0, show_default=True,
               help="Fraction of node agents that must be ready before scheduling starts.")
-@click.option("--nl-start-method", default="slurm", show_default=True, help="How node agents start: slurm or ssh.")
+@click.option("--nl-start-method", type=click.Choice(["slurm", "ssh"]), default="slurm", show_default=True,
+              help="How node agents start (ssh: not yet supported).")
 @click.option("--disable-pub", is_flag=True, help="Do not start the status publisher.")
 @click.option("--fake-launch", is_flag=True,
               help="BENCHMARK ONLY: every task finishes SUCCEED at once without starting a process.")
@@ -113,6 +115,9 @@ def service_main(**kw):
     opts.resume_records = None
     if opts.resume:
         _restore_options(opts, kw)
+    if opts.nl_start_method == "ssh":
+        raise click.UsageError("--nl-start-method ssh is not yet supported by this version of qcg-hier "
+                               "(agents start with one srun step)")
     for key, flag in NOT_YET.items():
         value = kw.get(key)
         if value not in (None, False):

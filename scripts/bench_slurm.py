@@ -44,7 +44,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from datetime import datetime
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -282,7 +281,7 @@ def case_b(args) -> None:
             res = run_in_allocation(our_service(), 1, conf, 120, args.keep, [f"-N{n}"], label=f"agents{i}",
                                     requests=[bl.submit_req([bl.job("one", "/bin/true")]), bl.finish_req()],
                                     log="info")
-            m = re.search(rf"^(\S+ \S+): (\d+) of (\d+) agents ready after ([\d.]+) s", res["log"], re.M)
+            m = re.search(r"^(\S+ \S+): (\d+) of (\d+) agents ready after ([\d.]+) s", res["log"], re.M)
             first = re.match(r"^(\S+ \S+): ", res["log"])
             if not res["ok"] or not m:
                 print(f"  run {i + 1}: no ready line (rc={res['rc']} {res['reason']})\n{res['tail']}\n{res['log'][-2000:]}")

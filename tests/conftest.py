@@ -167,6 +167,16 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def env_file(path: Path) -> dict:
+    """NAME=value lines (as `env` or `printenv` writes them) into a dict."""
+    env = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            env[key] = value
+    return env
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -21,10 +21,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from conftest import SERVICE_ID, ServiceRun, leftover_processes, service_command, wait_for
+from conftest import SERVICE_ID, ServiceRun, env_file, leftover_processes, service_command, wait_for  # noqa: F401
 from net_helpers import kill_tree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,10 +156,3 @@ def alloc_nodes(entry: dict) -> dict[str, int]:
             for node, slots in re.findall(r"([^,\[\]]+)\[([^\]]*)\]", entry["runtime"]["allocation"])}
 
 
-def env_file(path: Path) -> dict:
-    env = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            env[key] = value
-    return env

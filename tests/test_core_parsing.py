@@ -11,11 +11,9 @@ import pytest
 
 from qcg_hier.core.errors import JobDescriptionError, ResourceSpecError
 from qcg_hier.core.iterschedulers import MaximumIters, SplitInto, make_sizer
-from qcg_hier.core.jobdesc import (UNLIMITED, ExecutionSpec, IterationSpec, JobSpec, Range, ResourceSpec,
-                                   check_job_name, parse_job)
-from qcg_hier.core.nodespec import (NodeSpec, compress_counts, expand_counts, expand_hostlist, parse_cpu_list,
+from qcg_hier.core.jobdesc import UNLIMITED, IterationSpec, Range, check_job_name, parse_job
+from qcg_hier.core.nodespec import (NodeSpec, compress_counts, expand_counts, expand_hostlist,
                                     parse_nodes_option, slurm_nodes)
-from qcg_hier.core.resources import Request
 from qcg_hier.core.variables import (LAUNCH_VARIABLES, SUBMIT_VARIABLES, substitute, substitute_tree,
                                      uses_launch_variables)
 from qcg_hier.core.walltime import parse_walltime
@@ -678,16 +676,13 @@ class TestCounts:
         with pytest.raises(ResourceSpecError):
             slurm_nodes("n1", "4(x2)")
 
-    def test_cpu_list(self):
-        assert parse_cpu_list("0-3,8") == [0, 1, 2, 3, 8]
-        assert parse_cpu_list("0-3,8,10-11") == [0, 1, 2, 3, 8, 10, 11]
-        assert parse_cpu_list("5") == [5]
-        assert parse_cpu_list("") == []
+    def test_range_lists_inside_brackets(self):
+        assert expand_hostlist("n[0-3,8,10-11]") == [f"n{i}" for i in (0, 1, 2, 3, 8, 10, 11)]
 
     @pytest.mark.parametrize("text", ["a", "3-1", "1-", "0-3,x", "\u00b2", "1-\u00b2"])
-    def test_cpu_list_errors(self, text):
+    def test_range_list_errors(self, text):
         with pytest.raises(ResourceSpecError):
-            parse_cpu_list(text)
+            expand_hostlist(f"n[{text}]")
 
 
 # ====================================================================== iteration schedulers
@@ -695,14 +690,18 @@ def sizes(sizer, n):
     return [sizer.size(i) for i in range(n)]
 
 
-@pytest.mark.parametrize("minimum,n,avail,parts,expected", [
+# upstream 0.14.2's maximum-iters sizes (reference, section 4.3): (min, iterations, available, parts, sizes)
+MAXIMUM_ITERS_GOLDEN = [
     (1, 10, 4, None, [1, 1, 1, 1, 1, 1, 2, 1, 1, 2]),
     (1, 3, 8, None, [2, 3, 3]),
     (2, 5, 8, None, [2, 3, 3, 4, 4]),
     (None, 7, 16, None, [2, 2, 2, 2, 2, 3, 3]),
     (1, 4, 10, 3, [2, 2, 3, 3]),
     (3, 5, 8, None, [4, 4, 4, 4, 8]),
-])
+]
+
+
+@pytest.mark.parametrize("minimum,n,avail,parts,expected", MAXIMUM_ITERS_GOLDEN)
 def test_maximum_iters_golden(minimum, n, avail, parts, expected):
     params = (("parts", parts),) if parts else ()
     assert sizes(make_sizer("maximum-iters", params, n, avail, minimum), n) == expected

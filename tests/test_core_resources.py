@@ -1,7 +1,6 @@
 """Unit tests of the allocation rules of the resource pool (qcg_hier.core.resources)."""
 import random
 
-import pytest
 
 from qcg_hier.core.jobdesc import UNLIMITED, parse_job
 from qcg_hier.core.nodespec import NodeSpec, parse_nodes_option

@@ -17,6 +17,7 @@ from qcg_hier.core.nodespec import parse_nodes_option
 from qcg_hier.core.resources import ResourcePool
 from qcg_hier.core.scheduler import Scheduler
 from qcg_hier.core.states import CODE_OF, STATE_CODES, JobState
+from test_core_parsing import MAXIMUM_ITERS_GOLDEN
 
 Q, SCH, EXE = JobState.QUEUED, JobState.SCHEDULED, JobState.EXECUTING
 OK, FAIL, CANC, OMIT = JobState.SUCCEED, JobState.FAILED, JobState.CANCELED, JobState.OMITTED
@@ -849,14 +850,7 @@ def _sched_range(minimum, name, parts):
     return rng
 
 
-@pytest.mark.parametrize("minimum,its,avail,parts,expected", [
-    (1, 10, 4, None, [1, 1, 1, 1, 1, 1, 2, 1, 1, 2]),
-    (1, 3, 8, None, [2, 3, 3]),
-    (2, 5, 8, None, [2, 3, 3, 4, 4]),
-    (None, 7, 16, None, [2, 2, 2, 2, 2, 3, 3]),
-    (1, 4, 10, 3, [2, 2, 3, 3]),
-    (3, 5, 8, None, [4, 4, 4, 4, 8]),
-])
+@pytest.mark.parametrize("minimum,its,avail,parts,expected", MAXIMUM_ITERS_GOLDEN)
 def test_maximum_iters_in_scheduler(minimum, its, avail, parts, expected):
     got, first = run_sizes(str(avail), _sched_range(minimum, "maximum-iters", parts), its)
     assert got == expected

@@ -567,3 +567,19 @@ def test_upstream_report_tool_reads_our_files(tmp_path):
     proc = subprocess.run([str(tool), "jobs", str(run.wd)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^\s*bad state FAILED", proc.stdout, re.M), proc.stdout
+
+
+def test_nl_start_method_ssh_is_refused_clearly(tmp_path):
+    (tmp_path / "reqs.json").write_text("[]")
+    proc = subprocess.run(service_command() + ["--file-path", str(tmp_path / "reqs.json"), "--wd",
+                                               str(tmp_path / "wd"), "--nl-start-method", "ssh"],
+                          capture_output=True, text=True, timeout=30, env=service_env())
+    assert proc.returncode != 0 and "not yet supported" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("schema,expected", [("auto", "unset"), ("slurm", "1"), ("common", "unset")])
+def test_envschema_decides_the_slurm_variables(tmp_path, schema, expected):
+    requests = [{"request": "submit", "jobs": [{"name": "e", "execution": {
+        "script": 'echo "${SLURM_NNODES-unset}"', "stdout": "e.out"}}]}]
+    run_service(tmp_path / "wd", requests, args=["--envschema", schema])
+    assert (tmp_path / "wd" / "e.out").read_text().strip() == expected

@@ -18,17 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (HAPPY_STDIN, finish_background, iterations_of, leftover_processes, pid_alive, run_service,
+from conftest import (HAPPY_STDIN, env_file, finish_background, iterations_of, leftover_processes, pid_alive, run_service,
                       start_service, wait_for, when)
 
 
-def _env_file(path: Path) -> dict:
-    env = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            env[key] = value
-    return env
 
 
 def _alloc_nodes(entry: dict) -> dict[str, int]:
@@ -78,7 +71,7 @@ def test_multi_node_job_variables_and_environment(happy_run):
     ncores, nnodes, nlist = (happy_run.wd / "wide.vars").read_text().split()
     assert (ncores, nnodes) == ("4", "2")
     assert sorted(nlist.split(",")) == ["n0", "n1"]
-    env = _env_file(happy_run.wd / "wide.env")
+    env = env_file(happy_run.wd / "wide.env")
     assert env["QCG_PM_NNODES"] == "2"
     assert env["QCG_PM_NODELIST"] == nlist
     assert env["QCG_PM_NPROCS"] == "4"
@@ -114,7 +107,7 @@ def test_stdin_stdout_stderr_redirection(happy_run):
 
 
 def test_job_env_and_qcg_variables(happy_run):
-    env = _env_file(happy_run.wd / "env1.out")
+    env = env_file(happy_run.wd / "env1.out")
     assert env["MY_VAR"] == "my value"
     assert env["OTHER_VAR"] == "a=b"
     assert env["PATH"] == os.environ["PATH"]  # the service environment is inherited
@@ -129,7 +122,7 @@ def test_job_env_and_qcg_variables(happy_run):
 
 
 def test_step_ids_differ_between_tasks(happy_run):
-    ids = [_env_file(happy_run.wd / f)["QCG_PM_STEP_ID"] for f in ("env1.out", "cpu2.env", "wide.env")]
+    ids = [env_file(happy_run.wd / f)["QCG_PM_STEP_ID"] for f in ("env1.out", "cpu2.env", "wide.env")]
     assert len(set(ids)) == 3, ids
 
 
@@ -142,7 +135,7 @@ def _cpu_list(text: str) -> set[int]:
 
 
 def test_two_core_job_gets_cpu_set_matching_its_binding(happy_run):
-    env = _env_file(happy_run.wd / "cpu2.env")
+    env = env_file(happy_run.wd / "cpu2.env")
     assert env["QCG_PM_NPROCS"] == "2"
     assert "QCG_PM_CPU_SET" in env, "a 2-core job must get QCG_PM_CPU_SET"
     cpu_set = [int(c) for c in env["QCG_PM_CPU_SET"].split(",")]

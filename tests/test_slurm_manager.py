@@ -449,3 +449,50 @@ def test_scheduling_starts_at_the_ready_threshold_and_a_late_agent_adds_its_node
     launcher._agent_ready(launcher.agents["n4"], info)  # late: its node joins at once
     assert events[-1] == ("node", "n4") and events.count("ready") == 1
     assert ctx.cpu_maps["n4"] == [0, 1]  # and its CPUs are known for binding
+
+
+def _task_on(node_spec, slots):
+    """A minimal task on one node's slots, for building its launch spec."""
+    from qcg_hier.core.job import Job, Task
+    from qcg_hier.core.jobdesc import parse_job
+    from qcg_hier.core.resources import Allocation, Node
+
+    job = Job(parse_job({"name": "b", "execution": {"exec": "/bin/true"}}), 1, ("QUEUED", 0.0))
+    return Task(7, job, 0, Allocation([(Node(0, node_spec), list(slots), (), 0)]), None, 0, [])
+
+
+@pytest.mark.parametrize("node_cores,slots,expected", [
+    (2, [1], [1]),          # as many slots as CPUs: slot i is the agent's i-th CPU
+    (2, [0, 1], None),      # every CPU the agent has: nothing to bind, the task inherits them
+    (4, [3], None),         # more slots than CPUs (virtual node): all the agent's CPUs, no CPU 3
+])
+def test_binding_policy(tmp_path, node_cores, slots, expected):
+    from qcg_hier.launch.taskspec import TaskContext, build
+
+    ctx = TaskContext(str(tmp_path), "x", {}, {"n1": [0, 1]}, binding=True)
+    spec = build(_task_on(NodeSpec("n1", node_cores), slots), ctx)
+    assert spec.get("cpus") == expected
+    assert set(spec.get("cpus") or [0, 1]) <= {0, 1}  # never an id the agent does not have
+
+
+def test_agents_not_ready_within_the_init_timeout_stop_the_service(tmp_path):
+    import asyncio
+
+    from qcg_hier.launch.launcher import AgentLauncher, AgentSettings, Callbacks
+    from qcg_hier.launch.taskspec import TaskContext
+
+    class SilentStarter:  # agents that never connect
+        restartable = False
+        process = None
+
+        def poll(self):
+            return None
+
+    fatal = []
+    callbacks = Callbacks(on_ready=lambda: None, on_finished=lambda f: None, on_node_lost=lambda n, p: None,
+                          on_node_ready=lambda n: None, on_fatal=fatal.append)
+    launcher = AgentLauncher(callbacks, TaskContext(str(tmp_path), "x", {}, {}, binding=True), str(tmp_path),
+                             {"n1": "n1", "n2": "n2"}, SilentStarter(),
+                             AgentSettings(heartbeat=0.05, init_timeout=0.3))
+    asyncio.run(asyncio.wait_for(launcher._watch(), 5))
+    assert fatal and "0 of 2 node agents ready within --nl-init-timeout 0.3 s" in fatal[0]

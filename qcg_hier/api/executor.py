@@ -60,6 +60,8 @@ class QCGFuture(concurrent.futures.Future):
 class Executor(concurrent.futures.Executor):
     def __init__(self, *other_args, wd=".", resources=None, reserve_core=False, enable_rt_stats=False,
                  wrapper_rt_stats=None, log_level="info", server_args=None):
+        # enable_rt_stats and wrapper_rt_stats: upstream's signature, accepted and not used
+        # (exact start/end times come from the agent for every task)
         args = ["--log", log_level, "--wd", str(wd)]
         if resources:
             args += ["--nodes", str(resources)]

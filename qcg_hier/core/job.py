@@ -10,7 +10,6 @@ from collections import deque
 
 from .states import CODE_OF, STATE_CODES, JobState
 
-QUEUED_CODE = CODE_OF[JobState.QUEUED]
 NO_TASKS: dict = {}  # never written to: replaced by a dict of its own on the first start
 NO_COUNTS = (0,) * len(STATE_CODES)
 
@@ -230,7 +229,3 @@ class Job:
         if self.requeue is None:
             self.requeue = deque()
         self.requeue.append(it)
-
-    def not_started(self) -> int:
-        """How many iterations have not started and are not finished (queued, waiting or ready)."""
-        return self.total - self.finished - len(self.running)

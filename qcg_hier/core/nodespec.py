@@ -135,13 +135,6 @@ def compress_counts(counts: list[int]) -> str:
     return ",".join(out)
 
 
-def parse_cpu_list(text: str) -> list[int]:
-    """`0-3,8,10-11` -> [0, 1, 2, 3, 8, 10, 11] (Linux cpulist format)."""
-    if not isinstance(text, str) or not text.strip():
-        return []
-    return [int(v) for v in _expand_range_list(text.strip(), text)]
-
-
 def slurm_nodes(nodelist: str, cpus_per_node: str, limit_begin: int | None = None,
                 limit_end: int | None = None) -> list[NodeSpec]:
     """Nodes of an allocation from SLURM_JOB_NODELIST and a per-node slot count list."""

@@ -7,7 +7,6 @@ _EXEC_KEYS = ("exec", "script", "args", "env", "stdin", "stdout", "stderr", "wd"
               "model_opts")
 SIMPLE_KEYS = frozenset(("name", "numNodes", "numCores", "wt", "iteration", "after", "tags", "nodeCrs",
                          "attributes") + _EXEC_KEYS)
-MAX_SIMPLE_ITERATIONS = 64 * 1024  # as upstream's simple format
 
 
 def _range(value, job, field):

@@ -50,7 +50,7 @@ class FakeLauncher:
     def cancel(self, task, grace: float) -> None:
         self.cb.on_finished([(task.tid, Outcome(None, 0, "fake", 0, 0, 0.0, 0, "canceled", None, ""))])
 
-    async def stop(self, kill_grace: float = 0) -> None:
+    async def stop(self) -> None:
         pass
 
 
@@ -149,7 +149,7 @@ class AgentLauncher:
             argv += [f"--curve-server-key={self.credentials.server_public}", f"--curve-keys-file={keys}"]
         return argv
 
-    async def stop(self, kill_grace: float = 0) -> None:
+    async def stop(self) -> None:
         """Connected agents get `exit` (they kill their tasks); the agent processes are then reaped."""
         for agent in self.agents.values():
             if agent.alive:

@@ -7,13 +7,11 @@ the launcher in one batch per agent.
 import asyncio
 import dataclasses
 import logging
-import os
 import signal
 import time
 import uuid
 from pathlib import Path
 
-from ..core.job import Outcome
 from ..core.resources import ResourcePool
 from ..core.scheduler import Scheduler
 from ..core.states import JobState
@@ -32,7 +30,6 @@ from .servicedir import write_final_status
 
 log = logging.getLogger("qcg_hier")
 CANCEL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled task, as upstream
-FAKE_BATCH = 20_000  # fake launches per loop turn, so requests are still served meanwhile
 
 
 def _without_system_core(nodes: list) -> list:
@@ -99,6 +96,11 @@ class ManagerService:
         self.task_context = None
         self.launcher = None
 
+    def _slurm_env(self) -> bool:
+        """--envschema: SLURM_* task variables in an allocation (auto), always (slurm), never (common)."""
+        schema = getattr(self.config, "envschema", "auto")
+        return self.slurm if schema == "auto" else schema == "slurm"
+
     def _make_launcher(self):
         """Fake; one local agent (local mode, or --disable-nl: tasks then are srun steps); or one
         agent per node started by a single srun step (inside an allocation)."""
@@ -109,7 +111,7 @@ class ManagerService:
             return FakeLauncher(callbacks)
         srun_steps = self.slurm and config.disable_nl
         self.task_context = ctx = TaskContext(str(self.wd), uuid.uuid4().hex[:12], {}, {},
-                                              binding=not srun_steps, slurm_env=self.slurm,
+                                              binding=not srun_steps, slurm_env=self._slurm_env(),
                                               srun_steps=srun_steps)
         settings = AgentSettings(ready_threshold=min(max(config.nl_ready_threshold, 0.1), 1.0),
                                  init_timeout=config.nl_init_timeout)

@@ -16,7 +16,6 @@ class ZapHandler:
         self.sock = ctx.socket(zmq.REP)
         self.sock.linger = 0
         self.sock.bind(ZAP_ENDPOINT)
-        self.refused = 0
 
     def allow(self, domain: str, public_z85: str) -> None:
         self.allowed.setdefault(domain.encode(), set()).add(public_key_bytes(public_z85))
@@ -29,7 +28,6 @@ class ZapHandler:
             if ok:
                 await self.sock.send_multipart([version, request_id, b"200", b"OK", b"peer", b""])
                 continue
-            self.refused += 1
             log.warning("refused a connection from %s to %s: mechanism %s without an admitted key",
                         address.decode(errors="replace"), domain.decode(errors="replace"),
                         mechanism.decode(errors="replace"))

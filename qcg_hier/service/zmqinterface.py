@@ -88,7 +88,6 @@ class ZmqInterface:
         self.publisher = None
         self.address = None
         self.pub_address = None
-        self.refused = 0
         self._tasks = []
 
     def open(self, manager_id: str, zap: ZapHandler | None = None) -> None:
@@ -160,7 +159,6 @@ class ZmqInterface:
         try:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())
-                self.refused += 1
                 kind = zmq.Event(event["event"]).name
                 # A refused client retries every ~100 ms. Log the first refusal at once, then at most one
                 # line per window (doubling up to 4 s: a new stranger shows within seconds, a persistent
