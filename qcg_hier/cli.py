@@ -15,11 +15,28 @@ from .service.fileinterface import FileInterface
 from .service.servicedir import default_instance_id, make_service_dir, setup_logging
 
 NOT_YET = {
-    "governor": "--governor", "parent": "--parent", "slurm_partition_nodes": "--slurm-partition-nodes",
-    "slurm_resources_file": "--slurm-resources-file",
     "enable_proc_stats": "--enable-proc-stats",
     "enable_rt_stats": "--enable-rt-stats",
 }
+
+
+def _resources_file(opts) -> list[NodeSpec]:
+    """--slurm-resources-file: upstream's JSON resources (`{"type", "nodes": [{"name", "total_cores"}]}`)."""
+    import orjson
+
+    from .governor.childlink import node_specs
+    try:
+        data = orjson.loads(Path(opts.slurm_resources_file).read_bytes())
+        nodes = node_specs(data)
+    except (OSError, orjson.JSONDecodeError, ValueError) as exc:
+        raise ResourceSpecError(f"--slurm-resources-file {opts.slurm_resources_file}: {exc}") from None
+    opts.slurm = data.get("type", "SLURM") == "SLURM" and slurm_in_allocation()
+    return nodes
+
+
+def slurm_in_allocation() -> bool:
+    from .launch import slurm
+    return slurm.in_allocation()
 
 
 def _local_gpus() -> tuple:
@@ -33,7 +50,9 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 
     gpus = tuple(g.strip() for g in opts.gpus.split(",") if g.strip()) if opts.gpus is not None else _local_gpus()
     opts.slurm = False
-    if opts.nodes:
+    if opts.slurm_resources_file:
+        nodes = _resources_file(opts)
+    elif opts.nodes:
         nodes = parse_nodes_option(opts.nodes, gpus)
     elif opts.resources != "local" and slurm.in_allocation():
         opts.slurm = True
@@ -82,16 +101,27 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 @click.option("--system-core", is_flag=True, help="Reserve one core for the service.")
 @click.option("--disable-nl", is_flag=True, help="Do not use node agents (Slurm mode).")
 @click.option("--show-progress", is_flag=True, help="Show a live progress line.")
-@click.option("--governor", is_flag=True, help="Run as a governor [not yet supported].")
-@click.option("--parent", default=None, help="Register as a child of this governor [not yet supported].")
+@click.option("--governor", is_flag=True,
+              help="Run as a governor: no nodes of its own, work goes to child managers (as qcg-governor).")
+@click.option("--parent", default=None,
+              help="Join this governor as a child: its address, or its working or service directory.")
 @click.option("--id", "instance_id", default=None, help="Instance id (names the service directory).")
-@click.option("--tags", default=None, help="Comma separated tags of this manager.")
-@click.option("--slurm-partition-nodes", type=int, default=None, help="[not yet supported]")
+@click.option("--tags", default=None, help="Comma separated tags of this manager (a child: jobs asking for "
+                                           "tags run only on children that have them all).")
+@click.option("--slurm-partition-nodes", type=int, default=None,
+              help="Governor inside an allocation: one child per N nodes, started with srun.")
+@click.option("--partition-nodes", type=int, default=None,
+              help="Governor over --nodes: one child per N nodes, started as local processes.")
+@click.option("--child-heartbeat", type=float, default=2.0, show_default=True,
+              help="Seconds between governor/child heartbeats.")
+@click.option("--child-timeout", type=float, default=10.0, show_default=True,
+              help="A child (or governor) silent this many seconds is taken for dead.")
 @click.option("--slurm-limit-nodes-range-begin", type=int, default=None,
               help="Use the allocation's nodes from this index on (0-based).")
 @click.option("--slurm-limit-nodes-range-end", type=int, default=None,
               help="Use the allocation's nodes before this index.")
-@click.option("--slurm-resources-file", default=None, help="[not yet supported]")
+@click.option("--slurm-resources-file", default=None,
+              help="Nodes from a JSON file {\"nodes\": [{\"name\", \"total_cores\"}]} (before any other source).")
 @click.option("--resume", default=None,
               help="Resume a run from its journal: PATH is its service directory or working directory. "
                    "Its options are restored; options given again override them.")
@@ -122,6 +152,9 @@ def service_main(**kw):
         value = kw.get(key)
         if value not in (None, False):
             raise click.UsageError(f"{flag} is not yet supported by this version of qcg-hier")
+    _check_hierarchy(opts)
+    if opts.parent:
+        _leave_step_environment()
     if opts.file_path:
         opts.use_file = True
     if opts.use_file and not opts.file_path:
@@ -139,7 +172,59 @@ def service_main(**kw):
         nodes = resolve_nodes(opts)
     except ResourceSpecError as exc:
         raise click.UsageError(str(exc))
+    if opts.slurm_partition_nodes is not None and not opts.slurm:
+        raise click.UsageError("--slurm-partition-nodes needs a Slurm allocation (use --partition-nodes with "
+                               "--nodes outside Slurm)")
+    if opts.slurm_partition_nodes is not None and opts.net_bind is None:
+        opts.net_bind = "*"  # children on other nodes register here (CURVE guards the socket)
     sys.exit(run_service(opts, nodes))
+
+
+STEP_VARIABLES = ("SLURM_STEP_ID", "SLURM_STEPID", "SLURM_STEP_NODELIST", "SLURM_STEP_NUM_NODES",
+                  "SLURM_STEP_NUM_TASKS", "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS", "SLURM_NPROCS",
+                  "SLURM_CPUS_PER_TASK", "SLURM_CPU_BIND", "SLURM_CPU_BIND_LIST", "SLURM_CPU_BIND_TYPE",
+                  "SLURM_CPU_BIND_VERBOSE", "SLURM_DISTRIBUTION", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")
+
+
+def _leave_step_environment() -> None:
+    """A child started by the governor's srun runs inside a one-task step: the step's variables would
+    shape its own srun (agents, MPI steps) as that step. It works in the allocation, as the governor."""
+    if os.environ.get("SLURM_STEP_ID") is None:
+        return
+    for name in STEP_VARIABLES:
+        os.environ.pop(name, None)
+    for name, job_name in (("SLURM_NODELIST", "SLURM_JOB_NODELIST"), ("SLURM_NNODES", "SLURM_JOB_NUM_NODES")):
+        if os.environ.get(job_name):
+            os.environ[name] = os.environ[job_name]
+
+
+def governor_main():
+    """`qcg-governor`: the same command with --governor."""
+    sys.argv.insert(1, "--governor")
+    service_main()
+
+
+def _check_hierarchy(opts) -> None:
+    """--governor / --parent and the options that imply or exclude them."""
+    if opts.slurm_partition_nodes is not None or opts.partition_nodes is not None:
+        opts.governor = True
+    for flag, value in (("--slurm-partition-nodes", opts.slurm_partition_nodes),
+                        ("--partition-nodes", opts.partition_nodes)):
+        if value is not None and value < 1:
+            raise click.UsageError(f"{flag} must be at least 1, got {value}")
+    if opts.slurm_partition_nodes is not None and opts.partition_nodes is not None:
+        raise click.UsageError("give --slurm-partition-nodes (inside an allocation) or --partition-nodes "
+                               "(local processes), not both")
+    if opts.governor and opts.parent:
+        raise click.UsageError("a governor cannot join another governor (--governor with --parent): the "
+                               "hierarchy has two levels")
+    if opts.child_timeout <= opts.child_heartbeat:
+        raise click.UsageError(f"--child-timeout ({opts.child_timeout:g}) must be longer than --child-heartbeat "
+                               f"({opts.child_heartbeat:g})")
+    if opts.governor or opts.parent:
+        opts.net = True
+    if opts.parent:
+        opts.journal = False  # the governor's journal is the campaign's record
 
 
 def _restore_options(opts, given: dict) -> None:
@@ -168,8 +253,6 @@ def _restore_options(opts, given: dict) -> None:
 
 
 def run_service(opts, nodes) -> int:
-    from .service.manager import ManagerService
-
     opts.wd = str(Path(opts.wd).resolve())
     if opts.file_path:
         opts.file_path = str(Path(opts.file_path).resolve())
@@ -193,7 +276,9 @@ def run_service(opts, nodes) -> int:
                                                              if k != "resume_records"))
     total = sum(n.cores for n in nodes)
     logger.info("available resources: %d (%d used) cores on %d nodes", total, 1 if opts.system_core else 0, len(nodes))
-    service = ManagerService(opts, nodes, service_dir, instance_id)
+    if opts.net:
+        network = _network(opts, service_dir)
+    service = _make_service(opts, nodes, service_dir, instance_id, network.credentials if opts.net else None)
     file_position = service.replay(opts.resume_records) if opts.resume_records else -1
     file_iface = None
     if opts.use_file:
@@ -201,7 +286,7 @@ def run_service(opts, nodes) -> int:
         service.interfaces.append(file_iface)
         service.interface_names.append(file_iface.name)
     if opts.net:
-        service.network = _network(opts, service_dir)
+        service.network = network
     if opts.show_progress:
         from .service.progress import Progress
         service.progress = Progress()
@@ -209,6 +294,28 @@ def run_service(opts, nodes) -> int:
     if file_iface is not None and file_iface.failed:
         return 1
     return code
+
+
+def _make_service(opts, nodes, service_dir, instance_id, credentials):
+    from .service.manager import ManagerService
+
+    if not opts.governor:
+        service = ManagerService(opts, nodes, service_dir, instance_id)
+        if opts.parent:
+            from .governor.childlink import LinkSettings
+            from .governor.parentlink import ParentLink
+            tags = [t for t in (opts.tags or "").split(",") if t]
+            service.parent_link = ParentLink(service, opts.parent, LinkSettings(opts.child_heartbeat,
+                                                                                  opts.child_timeout), tags)
+        return service
+    from .governor.partitions import ChildStarter
+    from .governor.service import GovernorService
+
+    per = opts.slurm_partition_nodes or opts.partition_nodes
+    starter = None
+    if per:
+        starter = ChildStarter(nodes, per, opts, service_dir, credentials, slurm=opts.slurm_partition_nodes is not None)
+    return GovernorService(opts, nodes, service_dir, instance_id, starter)
 
 
 def _network(opts, service_dir):

@@ -471,9 +471,8 @@ def test_fake_launch_runs_ten_thousand_iterations_fast(tmp_path):
     assert run.elapsed < 5, f"--fake-launch with 10,000 iterations took {run.elapsed:.2f} s"
 
 
-# (--net and --resume were on this list until they landed)
-@pytest.mark.parametrize("option", [["--governor"], ["--parent", "x"],
-                                    ["--slurm-partition-nodes", "2"]], ids=lambda o: o[0])
+# (--net, --resume and the governor's options were on this list until they landed)
+@pytest.mark.parametrize("option", [["--enable-proc-stats"], ["--enable-rt-stats"]], ids=lambda o: o[0])
 def test_not_yet_supported_options(tmp_path, option):
     (tmp_path / "reqs.json").write_text("[]")
     proc = subprocess.run(service_command() + ["--file-path", str(tmp_path / "reqs.json"), "--wd",

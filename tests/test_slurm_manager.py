@@ -74,7 +74,7 @@ def test_allocation_nodes_range_limits():
 
 def _opts(**kw):
     base = dict(gpus=None, nodes=None, resources="auto", slurm_limit_nodes_range_begin=None,
-                slurm_limit_nodes_range_end=None, mem_per_node=None)
+                slurm_limit_nodes_range_end=None, mem_per_node=None, slurm_resources_file=None)
     base.update(kw)
     return SimpleNamespace(**base)
 

@@ -88,12 +88,16 @@ class ResourceSpec:
         nrange = _bounds(self.nodes, nodes)
         if nrange is None:
             cmin, cmax = crange or (1, 1)
-            return _intern(Request(cmin, cmax, None, None, self.gpus, self.mem_mb))
+            return _intern(Request(cmin, cmax, None, None, self.gpus, self.mem_mb, _tag_key(self.tags)))
         cmin, cmax = crange or (0, 0)  # numNodes alone: whole nodes
-        return _intern(Request(cmin, cmax, nrange[0], nrange[1], self.gpus, self.mem_mb))
+        return _intern(Request(cmin, cmax, nrange[0], nrange[1], self.gpus, self.mem_mb, _tag_key(self.tags)))
 
 
 UNLIMITED = 1 << 30
+
+
+def _tag_key(tags: tuple) -> tuple:
+    return tuple(sorted(set(tags))) if tags else ()
 
 
 def _bounds(rng: Range | None, size: int | None) -> tuple | None:

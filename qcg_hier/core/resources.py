@@ -42,6 +42,7 @@ class Request:
     nodes_max: int | None = None
     gpus: int = 0  # per node
     mem_mb: int = 0  # per node
+    tags: tuple = ()  # sorted; only a governor routes by them (a manager's nodes carry none)
 
 
 # One share of an allocation: (node, slots, gpu ids, memory MB).
@@ -115,6 +116,14 @@ class ResourcePool:
     @property
     def alive_nodes(self) -> list:
         return [n for n in self.nodes if n.alive]
+
+    def usage(self) -> tuple:
+        """(nodes, total cores, used cores, free cores) of the live nodes."""
+        return len(self.alive_nodes), self.total_cores, self.used_cores, self.free_cores
+
+    def rows(self) -> list:
+        return [{"name": n.name, "total": n.total, "used": n.total - len(n.free),
+                 "state": "ready" if n.ready else ("lost" if not n.alive else "waiting")} for n in self.nodes]
 
     # ----- admission -----
     def why_never_fits(self, req: Request) -> str | None:

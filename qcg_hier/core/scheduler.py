@@ -499,6 +499,72 @@ class Scheduler:
         if job.finished == job.total and not job.state.is_final:
             self._job_final(job, now)
 
+    # ================================================================ a governor's child
+    def adopt(self, spec, now: float) -> Job:
+        """A child manager takes a job of its governor: none of its iterations runs here until given.
+
+        The governor holds the job's dependencies and state; here it is a container of iterations
+        (numbered as at the governor) that `give` fills. Raises SubmitError if it cannot fit here."""
+        old = self.jobs.get(spec.name)
+        if old is not None and not old.running:
+            self._forget(old)
+        self._check_batch([spec])
+        sizer = self._sizer(spec)
+        self._seq += 1
+        job = Job(spec, self._seq, (Q, now))
+        if sizer is not None:
+            job.sizer, job.size_on_nodes = sizer
+        job.next_it = job.dep_cursor = job.stop  # nothing starts from the never-given range
+        job.ready = deque()
+        self.jobs[job.name] = job
+        self.job_counts[Q] += 1
+        self.active_jobs += 1
+        return job
+
+    def give(self, name: str, iterations, now: float) -> int:
+        """Iterations of an adopted job to run here; returns how many were taken."""
+        job = self.jobs.get(name)
+        if job is None or job.ready is None:
+            return 0
+        taken = 0
+        for it in iterations:
+            if job.start <= it < job.stop and it not in job.running:
+                if job.skip and it in job.skip:
+                    job.skip.discard(it)
+                job.ready.append(it)
+                taken += 1
+        self.it_counts[Q] += taken
+        if taken and job.queued_under is None:
+            self._enqueue(job)
+        return taken
+
+    def take_back(self) -> dict:
+        """Leaving a governor: every given iteration not started yet, {job name: [iterations]}."""
+        back = {}
+        for job in self.jobs.values():
+            waiting = [it for source in (job.requeue, job.ready) for it in (source or ())
+                       if not (job.skip and it in job.skip)]
+            if not waiting:
+                continue
+            back[job.name] = waiting
+            self.it_counts[Q] -= len(waiting)
+            if job.requeue:
+                job.requeue.clear()
+            job.ready.clear()
+        return back
+
+    def _forget(self, job: Job) -> None:
+        del self.jobs[job.name]
+        self.job_counts[job.state] -= 1
+        if not job.state.is_final:
+            self.active_jobs -= 1
+        for code, n in enumerate(job.counts):
+            self.it_counts[STATE_CODES[code]] -= n
+        self.it_counts[Q] -= sum(1 for source in (job.requeue, job.ready) for it in (source or ())
+                                 if not (job.skip and it in job.skip))
+        job.state = CANC  # a stale bucket entry must not start it
+        job.queued_under = None
+
     # ================================================================ requests
     def find(self, name: str) -> tuple[Job, int | None]:
         """A job or an iteration `job:N`; raises UnknownJobError."""
@@ -620,7 +686,11 @@ class Scheduler:
         """A node's agent is up: the node receives work."""
         self.pool.mark_ready(node)
 
-    def _requeue(self, task: Task, now: float) -> None:
+    def give_back(self, task: Task, now: float) -> None:
+        """A governor's child left and returned this never-started iteration: it waits again, not as a retry."""
+        self._requeue(task, now, retry=False)
+
+    def _requeue(self, task: Task, now: float, retry: bool = True) -> None:
         del self.tasks[task.tid]
         job = task.job
         del job.running[task.it]
@@ -633,7 +703,7 @@ class Scheduler:
         history = task.history + [(Q, now)]
         if job.attempts is None:
             job.attempts = {}
-        job.attempts[task.it] = (task.attempt + 1, history)
+        job.attempts[task.it] = (task.attempt + retry, history)
         job.requeue_iteration(task.it)
         if not job.iterative:
             self._job_state(job, Q, now)

@@ -53,6 +53,8 @@ class FileInterface:
                 # jobs are waiting: let them start before the next request looks at or cancels them
                 await self._wait_ready(service)
             response = service.handle(request)
+            if isinstance(response, asyncio.Future):
+                response = await response
             log.info("file request %d (%s): %s", index + 1,
                      request.get("request") if isinstance(request, dict) else type(request).__name__,
                      orjson.dumps(response).decode())

@@ -172,9 +172,8 @@ class Handlers:
         return childs
 
     def r_resourcesInfo(self, req: dict) -> dict:
-        pool = self.s.core.pool
-        return protocol.ok({"total_nodes": len(pool.alive_nodes), "total_cores": pool.total_cores,
-                            "used_cores": pool.used_cores, "free_cores": pool.free_cores})
+        nodes, total, used, free = self.s.core.pool.usage()
+        return protocol.ok({"total_nodes": nodes, "total_cores": total, "used_cores": used, "free_cores": free})
 
     def r_status(self, req: dict) -> dict:
         options = req.get("options") or {}

@@ -65,7 +65,8 @@ class ManagerService:
             nodes = _without_system_core(nodes)
         # in an allocation a node receives work once its agent is up
         self.slurm = bool(getattr(config, "slurm", False))
-        self.pool = ResourcePool(nodes, ready=not self.slurm or config.disable_nl or config.fake_launch)
+        self.fake = bool(config.fake_launch)
+        self.pool = self._make_pool(nodes)
         self.core = Scheduler(self.pool)
         self.core.emit_progress = False  # until someone subscribes to IST/JST events
         self.handlers = Handlers(self)
@@ -95,6 +96,11 @@ class ManagerService:
         self.zap = None
         self.task_context = None
         self.launcher = None
+        self.parent_link = None  # a child's link to its governor (--parent)
+        self.executing_on_launch = True  # a governor's tasks execute when their child says so
+
+    def _make_pool(self, nodes):
+        return ResourcePool(nodes, ready=not self.slurm or self.config.disable_nl or self.fake)
 
     def _slurm_env(self) -> bool:
         """--envschema: SLURM_* task variables in an allocation (auto), always (slurm), never (common)."""
@@ -107,7 +113,7 @@ class ManagerService:
         config = self.config
         callbacks = Callbacks(self._kick, self._on_finished, self._on_node_lost, self._on_node_ready,
                               self._on_fatal)
-        if config.fake_launch:
+        if self.fake:
             return FakeLauncher(callbacks)
         srun_steps = self.slurm and config.disable_nl
         self.task_context = ctx = TaskContext(str(self.wd), uuid.uuid4().hex[:12], {}, {},
@@ -135,6 +141,7 @@ class ManagerService:
         await self.launcher.start()
         if self.network is not None:
             self._open_network()  # after the launcher: the address is advertised only by a working service
+        await self._network_open()
         runners = [asyncio.ensure_future(iface.run(self)) for iface in self.interfaces]
         flusher = asyncio.ensure_future(self._flush_periodically())
         if self.progress:
@@ -148,9 +155,35 @@ class ManagerService:
         self.zap.close()
         return self.exit_code
 
+    async def _network_open(self) -> None:
+        """A child registers with its governor once it answers requests itself."""
+        if self.parent_link is None:
+            return
+        from ..governor.parentlink import ParentLinkError
+        try:
+            await self.parent_link.start()
+        except ParentLinkError as exc:
+            self.parent_link = None
+            self._on_fatal(str(exc))
+            return
+        if self.task_context is not None:
+            self.task_context.base_env.update(self.parent_link.task_env())
+            self.task_context.spec_cache.clear()
+
+    def kick(self) -> None:
+        self._kick()
+
+    def stop_now(self, code: int = 0) -> None:
+        """Kill every task and stop (a child told to exit, or whose governor is gone)."""
+        self.exit_code = self.exit_code or code
+        self._cancel_all()
+        self._done.set()
+
     async def shutdown(self) -> None:
         if self.progress:
             self.progress.stop(self)
+        if self.parent_link is not None:
+            self.parent_link.say_bye("stopped")
         await self.launcher.stop()
         self._process_events()
         self.report.close()
@@ -162,6 +195,8 @@ class ManagerService:
             (self.service_dir / "address").unlink(missing_ok=True)  # nobody answers there any more
         for iface in self.interfaces:
             await iface.close()
+        if self.parent_link is not None:
+            await self.parent_link.close()
         log.info("service %s finished", self.instance_id)
 
     def _open_network(self) -> None:
@@ -187,20 +222,29 @@ class ManagerService:
 
     def _on_signal(self, sig) -> None:
         log.warning("signal %s: stopping, killing every running task", signal.Signals(sig).name)
+        if self.parent_link is not None:
+            self.parent_link.say_bye("signal")  # first: the governor re-queues, the kills are not cancels
+        self._cancel_all()
+        self._done.set()
+
+    def _cancel_all(self) -> None:
         now = time.time()
         for name, job in list(self.core.jobs.items()):
             if not job.state.is_final:
                 try:
-                    self.core.cancel(name, now)
+                    for task in self.core.cancel(name, now):
+                        if self.launcher is not None:
+                            self.launcher.cancel(task, 0)
                 except Exception:
                     pass
-        self._done.set()
 
     def interface_finished(self) -> None:
         """An interface has no more requests (e.g. the batch file was read to the end)."""
         self._check_done()
 
     def finish_after_all(self) -> None:
+        if self.parent_link is not None:
+            self.parent_link.leave()
         if not self.finishing:
             self._journal_request({"finish": True})
         self.finishing = True
@@ -208,6 +252,12 @@ class ManagerService:
 
     def _check_done(self) -> None:
         if self._done.is_set():
+            return
+        if self.parent_link is not None and not self.parent_link.detached:
+            # a child ends when its governor says so, or after leaving once its last task ended
+            if self.parent_link.leaving and not self.core.tasks:
+                self.parent_link.say_bye("done")
+                self._done.set()
             return
         interfaces_done = all(iface.finished for iface in self.interfaces)
         # a batch file is read to its end: requests after a finish request still get their replies
@@ -274,14 +324,19 @@ class ManagerService:
                 for task in started:
                     record(task.job.name, task.it)
                 self.journal.flush()  # with the pass that starts them, not with the next task end
-            if self.config.fake_launch:
+            if self.parent_link is not None:
+                self.parent_link.started(started)
+            if self.fake:
                 # fake tasks finish inside launch(): mark them executing first
                 core.executing(started, now)
                 self.launcher.launch(started, now)
             else:
                 self.launcher.launch(started, now)
-                core.executing(started, now)
+                if self.executing_on_launch:
+                    core.executing(started, now)
         self._process_events()
+        if self.parent_link is not None:
+            self.parent_link.flush()  # the starts, when no event asked for a flush
         self._check_done()
 
     def _on_finished(self, finished) -> None:
@@ -289,7 +344,7 @@ class ManagerService:
         finish = self.core.finish
         for tid, outcome in finished:
             finish(tid, outcome, now)
-        if self.config.fake_launch:
+        if self.fake:
             self._kick()  # fake tasks end inside launch(): a loop turn between passes serves requests
         else:
             self._schedule_pass()  # freed cores get new tasks at once, in the same turn
@@ -324,6 +379,8 @@ class ManagerService:
             return
         if self.journal is not None:
             self._journal_ends(events)
+        if self.parent_link is not None:
+            self.parent_link.forward(events)
         report = self.report
         for event in events:
             kind = event[0]
@@ -452,12 +509,10 @@ class ManagerService:
         system = system_info(self)
         if final:
             system["StatusPublisher"] = None
+        nodes, total, used, free = pool.usage()
         return {"System": system,
-                "Resources": {"TotalNodes": len(pool.alive_nodes), "TotalCores": pool.total_cores,
-                              "UsedCores": pool.used_cores, "FreeCores": pool.free_cores},
+                "Resources": {"TotalNodes": nodes, "TotalCores": total, "UsedCores": used, "FreeCores": free},
                 "JobStats": stats(jc, "Jobs"), "IterationStats": stats(ic, "Iterations"),
                 # ours, for `qcg-hier status`: iterations per state, and every node's use
                 "States": {state.value: n for state, n in ic.items()},
-                "Nodes": [{"name": n.name, "total": n.total, "used": n.total - len(n.free),
-                           "state": "ready" if n.ready else ("lost" if not n.alive else "waiting")}
-                          for n in pool.nodes]}
+                "Nodes": pool.rows()}

@@ -124,6 +124,10 @@ class ZmqInterface:
             identity, body = frames[0].bytes, frames[-1]
             delimiter = [b""] if len(frames) > 2 else []
             response = self._answer(service, body)
+            if isinstance(response, asyncio.Future):  # answered later (a governor still gathering children)
+                response.add_done_callback(lambda done, head=[identity, *delimiter]:
+                                           self._reply(head + [protocol.encode(done.result())]))
+                continue
             frames = [identity, *delimiter, protocol.encode(response)]
             if service.reply_delay:
                 asyncio.get_running_loop().call_later(service.reply_delay, self._reply, frames)

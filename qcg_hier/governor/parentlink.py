@@ -1,0 +1,276 @@
+"""A child manager's side of its governor (`qcg-pm-service --parent ADDRESS`).
+
+The child registers with upstream's `register` request at the governor's address, then
+keeps one DEALER connection to the governor's child link: it takes job descriptions and
+ranges of iterations to run, and sends back, in batches, which iterations started, which
+ended (with their outcome), and heartbeats with its cores in use. A governor that stays
+silent past the timeout is taken for dead: the child kills its tasks and exits.
+
+Leaving: `finishAfterAllTasksDone` sent to a child makes it return its not-started
+iterations to the governor, finish what runs, and say bye. Stopped by a signal, it says
+bye first, so that the governor re-queues its work instead of taking the kills as cancels.
+"""
+import asyncio
+import logging
+import socket
+import time
+
+import zmq
+import zmq.asyncio
+
+from .. import protocol
+from ..api.manager import resolve_address
+from ..core.errors import CoreError, SubmitError
+from ..core.jobdesc import parse_job
+from ..core.states import JobState
+from .childlink import LinkSettings
+
+log = logging.getLogger("qcg_hier")
+REGISTER_TIMEOUT = 30.0
+
+
+class ParentLinkError(Exception):
+    pass
+
+
+def fin_entry(job, it: int, state: JobState, record) -> list:
+    """One iteration's end, as the governor needs it for its records and jobs.report."""
+    o = record.outcome if record is not None else None
+    where = record.allocation if record is not None else ""
+    error = (record.message if record is not None and state is not JobState.SUCCEED else None)
+    if o is None:
+        return [job.name, it, state.value, None, 0, "", 0.0, 0.0, 0.0, 0, where, error or state.value.lower(), ""]
+    if o.error is None and o.rc is not None and error and error.startswith(("exit code", "killed by signal")):
+        error = None  # derived from rc again at the governor
+    return [job.name, it, state.value, o.rc, o.pid, o.pname, o.start, o.end, o.cpu, o.maxrss_kb, where, error, o.wd]
+
+
+class ParentLink:
+    def __init__(self, service, parent: str, settings: LinkSettings, tags: list):
+        self.service = service
+        self.parent = parent
+        self.settings = settings
+        self.tags = tags
+        self.address = None
+        self.credentials = None
+        self.sock = None
+        self.outbox: list = []
+        self.exe: list = []
+        self.fin: list = []
+        self.refused: dict = {}  # job name -> why this child cannot run it
+        self.leaving = False
+        self.detached = False  # bye sent (or the governor is gone): nothing more goes up
+        self.last_seen = time.monotonic()
+        self.last_sent = 0.0
+        self._loop = None
+        self._check_pending = False
+        self._tasks = []
+
+    # ----- joining -----
+    async def start(self) -> None:
+        try:
+            self.address, self.credentials = resolve_address(self.parent)
+        except Exception as exc:
+            raise ParentLinkError(f"--parent {self.parent}: {exc}") from None
+        reply = await self._register()
+        data = reply.get("data") or {}
+        ctx = zmq.asyncio.Context.instance()
+        self.sock = zmq.Socket(ctx, zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.IDENTITY, f"{data['id']}#{data['token']}".encode())
+        if self.credentials is not None:
+            self.credentials.secure_client(self.sock)
+        self.sock.connect(data["link"])
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.getsockopt(zmq.FD), self._on_readable)
+        self.last_seen = time.monotonic()
+        self.outbox.append(["hello"])
+        self._send_heartbeat()
+        self._tasks.append(asyncio.ensure_future(self._watch()))
+        log.info("registered with governor %s as %s", self.address, data["id"])
+
+    async def _register(self) -> dict:
+        s = self.service
+        nodes = [{"name": n.name, "total_cores": n.total, "gpus": list(n.gpus), "mem_mb": n.mem_mb}
+                 for n in s.pool.nodes]
+        request = {"request": "register", "entity": "manager",
+                   "params": {"id": s.instance_id, "address": s.zmq_address, "host": socket.gethostname(),
+                              "resources": {"type": "SLURM" if s.slurm else "LOCAL", "nodes": nodes},
+                              "tags": self.tags}}
+        sock = zmq.asyncio.Context.instance().socket(zmq.REQ)
+        sock.linger = 0
+        if self.credentials is not None:
+            self.credentials.secure_client(sock)
+        sock.connect(self.address)
+        try:
+            await sock.send(protocol.encode(request))
+            if not await sock.poll(REGISTER_TIMEOUT * 1000):
+                raise ParentLinkError(f"governor {self.address} did not answer the registration within "
+                                      f"{REGISTER_TIMEOUT:g} s (wrong address or credentials?)")
+            reply = protocol.decode(await sock.recv())
+        finally:
+            sock.close(0)
+        if reply.get("code") != 0:
+            raise ParentLinkError(f"governor {self.address} refused the registration: {reply.get('message')}")
+        return reply
+
+    def task_env(self) -> dict:
+        """Tasks of a child talk to the governor (one view of the campaign), not to the child."""
+        env = {"QCG_PM_ZMQ_ADDRESS": self.address}
+        if self.credentials is not None:
+            env.update(self.credentials.client_env())
+        return env
+
+    # ----- going up -----
+    def started(self, tasks) -> None:
+        if not self.detached:
+            self.exe.extend([t.job.name, t.it] for t in tasks)
+
+    def forward(self, events) -> None:
+        """Iteration ends (and plain jobs' ends) go to the governor."""
+        if self.detached:
+            return
+        fin = self.fin
+        for event in events:
+            kind = event[0]
+            if kind == "it":
+                _, job, it, state, record = event
+                if state.is_final:
+                    fin.append(fin_entry(job, it, state, record))
+            elif kind == "job" and not event[1].iterative and event[2].is_final:
+                job = event[1]
+                fin.append(fin_entry(job, job.start, event[2], (job.records or {}).get(job.start)))
+        self.flush()
+
+    def flush(self) -> None:
+        if self.detached or self.sock is None:
+            return
+        if self.exe:
+            self.outbox.append(["exe", self.exe])
+            self.exe = []
+        if self.fin:
+            self.outbox.append(["fin", self.fin])
+            self.fin = []
+        if self.outbox:
+            frame = protocol.encode(self.outbox)
+            self.outbox = []
+            self.last_sent = time.monotonic()
+            try:
+                self.sock.send(frame, flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.warning("cannot send to the governor: %s", exc)
+        if not self._check_pending and self._loop is not None:
+            self._check_pending = True
+            self._loop.call_soon(self._on_readable)
+
+    def _send_heartbeat(self) -> None:
+        self.outbox.append(["hb", self.service.pool.used_cores])
+
+    # ----- coming down -----
+    def _on_readable(self) -> None:
+        self._check_pending = False
+        sock = self.sock
+        if sock is None or sock.closed:
+            return
+        got = False
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.last_seen = time.monotonic()
+            try:
+                messages = protocol.decode(frame)
+            except Exception:
+                log.warning("the governor sent an undecodable frame")
+                continue
+            for msg in messages:
+                self._dispatch(msg)
+            got = True
+        if got:
+            self.service.kick()
+
+    def _dispatch(self, msg: list) -> None:
+        kind = msg[0]
+        s = self.service
+        now = time.time()
+        if kind == "give":
+            name, runs = msg[1], msg[2]
+            its = [it for a, b in runs for it in range(a, b)]
+            if name in self.refused:
+                self._refuse(name, its)
+            elif s.core.give(name, its, now) != len(its):
+                log.warning("governor gave iterations of %s this child cannot take", name)
+        elif kind == "job":
+            self._adopt(msg[1], now)
+        elif kind == "cancel":
+            name, its = msg[1], msg[2]
+            job = s.core.jobs.get(name)
+            for it in its:
+                try:
+                    s.cancel(f"{name}:{it}" if job is not None and job.iterative else name)
+                except CoreError:
+                    pass  # it ended meanwhile: its end is on its way up
+        elif kind == "forget":
+            job = s.core.jobs.get(msg[1])
+            if job is not None and not job.running:
+                s.core._forget(job)
+        elif kind == "exit":
+            log.info("the governor says exit (%s)", msg[1] if len(msg) > 1 else "finished")
+            self.detached = True
+            s.stop_now()
+
+    def _adopt(self, desc: dict, now: float) -> None:
+        name = desc.get("name")
+        self.refused.pop(name, None)
+        try:
+            self.service.core.adopt(parse_job(desc), now)
+        except (SubmitError, CoreError, ValueError) as exc:
+            log.error("cannot run job %s here: %s", name, exc)
+            self.refused[name] = str(exc)
+
+    def _refuse(self, name: str, its: list) -> None:
+        why = self.refused[name]
+        self.fin.extend([name, it, JobState.FAILED.value, None, 0, "", 0.0, 0.0, 0.0, 0, "", why, ""] for it in its)
+
+    # ----- liveness and leaving -----
+    async def _watch(self) -> None:
+        s = self.settings
+        while not self.detached:
+            await asyncio.sleep(min(s.heartbeat, 0.5))
+            now = time.monotonic()
+            if now - self.last_seen > s.timeout:
+                log.error("the governor has been silent for %.1f s: stopping (tasks are killed)", now - self.last_seen)
+                self.detached = True
+                self.service.stop_now(code=1)
+                return
+            if now - self.last_sent > s.heartbeat:
+                self._send_heartbeat()
+            self.flush()
+
+    def leave(self) -> None:
+        """Return the not-started iterations to the governor; the running ones finish here first."""
+        if self.leaving:
+            return
+        self.leaving = True
+        back = self.service.core.take_back()
+        self.outbox.append(["back", back])
+        log.info("leaving the governor: %d not-started iterations returned", sum(len(v) for v in back.values()))
+        self.flush()
+
+    def say_bye(self, how: str) -> None:
+        if self.detached or self.sock is None:
+            return
+        self.flush()
+        self.outbox.append(["bye", how])
+        self.flush()
+        self.detached = True
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.sock is not None:
+            self._loop.remove_reader(self.sock.getsockopt(zmq.FD))
+            # give the last frames (bye) a moment to leave before the socket goes
+            await asyncio.sleep(0.05)
+            self.sock.close(0)

@@ -1,0 +1,123 @@
+"""The governor (`qcg-governor`, `qcg-pm-service --governor`): a manager whose "nodes" are child managers.
+
+It is the manager service unchanged (requests, journal, reports, PUB events, status) over
+the same scheduling core, with two parts swapped: the pool is a `ChildPool` (children as
+bins of cores with tags) and the launcher is the `ChildLauncher` (iterations go to
+children in chunks, their ends come back in batches). So the governor owns the one queue
+and dependency graph of the campaign, and every request works against it as against one
+manager. A lost child's running work goes back to the queue as a retry, as a lost node's
+does in a manager.
+"""
+import asyncio
+import logging
+import time
+
+from .. import protocol
+from ..core.childpool import ChildPool
+from ..launch.launcher import Callbacks
+from ..service.manager import ManagerService
+from ..service.zmqinterface import advertised_host
+from .childlink import ChildLauncher, LinkSettings
+
+log = logging.getLogger("qcg_hier")
+
+
+class GovernorService(ManagerService):
+    def __init__(self, config, nodes, service_dir, instance_id, starter=None):
+        self.starter = starter
+        super().__init__(config, nodes, service_dir, instance_id)
+        self.fake = False  # --fake-launch is passed down: the children fake, the governor dispatches
+        self.executing_on_launch = False
+        self._waiting_submits: list = []  # (request, future) held until the governor's own children joined
+        self.core.emit_progress = False
+
+    def _make_pool(self, nodes):
+        return ChildPool()
+
+    def _make_launcher(self):
+        config = self.config
+        callbacks = Callbacks(self._on_ready, self._on_finished, self._on_node_lost, self._on_node_ready,
+                              self._on_fatal)
+        settings = LinkSettings(heartbeat=config.child_heartbeat, timeout=config.child_timeout,
+                                register_timeout=config.nl_init_timeout)
+        credentials = self.network.credentials if self.network is not None else None
+        bind = config.net_bind or "127.0.0.1"
+        host = "0.0.0.0" if bind == "*" else bind
+        return ChildLauncher(callbacks, self, credentials, self.zap, settings, self.starter,
+                             bind_host=host, advertise_host=advertised_host(bind))
+
+    async def _network_open(self) -> None:
+        try:
+            self.launcher.start_children(self.zmq_address)
+        except (OSError, RuntimeError) as exc:
+            self._on_fatal(f"cannot start the child managers: {exc}")
+
+    # ------------------------------------------------------------ requests
+    def handle(self, request):
+        kind = request.get("request") if isinstance(request, dict) else None
+        if kind == "register":
+            return self._register(request)
+        if kind == "submit" and not self.launcher.ready:
+            # the governor's own children are still starting: the reply waits (upstream buffered and
+            # answered without the job names, which broke its own client)
+            future = asyncio.get_running_loop().create_future()
+            self._waiting_submits.append((request, future))
+            return future
+        return super().handle(request)
+
+    def _register(self, request: dict):
+        params = request.get("params")
+        if not isinstance(params, dict):
+            return protocol.error("Invalid request: 'params' must be an object")
+        try:
+            return protocol.ok(self.launcher.register(params))
+        except ValueError as exc:
+            return protocol.error(f"Register request failed: {exc}")
+
+    def _on_ready(self) -> None:
+        waiting, self._waiting_submits = self._waiting_submits, []
+        for request, future in waiting:
+            if not future.done():
+                future.set_result(super().handle(request))
+        self._kick()
+
+    def remove(self, name: str) -> None:
+        super().remove(name)
+        self.launcher.forget(name)
+
+    # ------------------------------------------------------------ the children
+    def child_attached(self, name: str, specs: list, tags: tuple) -> None:
+        self.pool.attach(name, specs, tags)
+        self.core.starvation_limit = max(self.pool.total_cores, 1)
+
+    def running_task(self, name: str, it: int):
+        job = self.core.jobs.get(name)
+        return job.running.get(it) if job is not None else None
+
+    def child_executing(self, pairs: list) -> None:
+        find = self.running_task
+        tasks = [t for t in (find(name, it) for name, it in pairs) if t is not None]
+        if tasks:
+            self.core.executing(tasks, time.time())
+            self._process_events()
+
+    def child_usage(self, name: str, used: int) -> None:
+        child = self.pool.by_name.get(name)
+        if child is not None and child.alive:
+            child.used = used
+
+    def child_gave_back(self, back: dict) -> None:
+        now = time.time()
+        for name, its in back.items():
+            for it in its:
+                task = self.running_task(name, it)
+                if task is not None:
+                    self.core.give_back(task, now)
+        self._process_events()
+        self._kick()
+
+    # ------------------------------------------------------------ status
+    def status(self, final: bool = False) -> dict:
+        out = super().status(final)
+        out["Children"] = out["Nodes"]
+        return out
