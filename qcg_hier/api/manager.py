@@ -208,8 +208,15 @@ class Manager:
         except orjson.JSONDecodeError:
             return None
 
+    def _drop_old_events(self) -> None:
+        """Events queued before a wait are about states its first status query already sees; one of
+        them could name an earlier job of the same name (removed, then submitted again)."""
+        while self._sub is not None and self._sub.poll(0):
+            self._sub.recv()
+
     def wait4(self, names, timeout=None) -> dict:
         names = _names(names)
+        self._drop_old_events()
         deadline = None if timeout is None else time.monotonic() + timeout
         result = {}
         pending = set(names)

@@ -257,7 +257,8 @@ class ChildLauncher:
             self.cb.on_node_ready(entry.name)
             self._check_ready()
         elif kind == "back":
-            self.service.child_gave_back(msg[1])
+            entry.leaving = True
+            self.service.child_gave_back(entry.name, msg[1])
         elif kind == "bye":
             self._bye(entry, msg[1])
 

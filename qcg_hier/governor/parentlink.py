@@ -26,7 +26,6 @@ from ..core.states import JobState
 from .childlink import LinkSettings
 
 log = logging.getLogger("qcg_hier")
-REGISTER_TIMEOUT = 30.0
 
 
 class ParentLinkError(Exception):
@@ -104,9 +103,10 @@ class ParentLink:
         sock.connect(self.address)
         try:
             await sock.send(protocol.encode(request))
-            if not await sock.poll(REGISTER_TIMEOUT * 1000):
+            wait = self.settings.timeout
+            if not await sock.poll(wait * 1000):
                 raise ParentLinkError(f"governor {self.address} did not answer the registration within "
-                                      f"{REGISTER_TIMEOUT:g} s (wrong address or credentials?)")
+                                      f"{wait:g} s (--child-timeout; wrong address, or not its credentials?)")
             reply = protocol.decode(await sock.recv())
         finally:
             sock.close(0)
@@ -197,7 +197,9 @@ class ParentLink:
         if kind == "give":
             name, runs = msg[1], msg[2]
             its = [it for a, b in runs for it in range(a, b)]
-            if name in self.refused:
+            if self.leaving:
+                self.outbox.append(["back", {name: its}])  # crossed our leaving on the way
+            elif name in self.refused:
                 self._refuse(name, its)
             elif s.core.give(name, its, now) != len(its):
                 log.warning("governor gave iterations of %s this child cannot take", name)

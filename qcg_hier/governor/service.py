@@ -106,7 +106,11 @@ class GovernorService(ManagerService):
         if child is not None and child.alive:
             child.used = used
 
-    def child_gave_back(self, back: dict) -> None:
+    def child_gave_back(self, name: str, back: dict) -> None:
+        """A leaving child returned work it had not started; it gets no more (its running tasks finish)."""
+        child = self.pool.by_name.get(name)
+        if child is not None:
+            self.pool.mark_lost(child, permanent=False)
         now = time.time()
         for name, its in back.items():
             for it in its:

@@ -1,0 +1,291 @@
+"""The governor in local emulation: children as local processes (`--partition-nodes`) or joined by
+hand (`--parent`), driven through the network interface and our client API."""
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from net_helpers import NetService, clean_env, kill_tree, service_command, start_net_service, stop_service
+from conftest import leftover_processes, wait_for
+
+from qcg_hier.api import Jobs, Manager
+
+
+def start_governor(wd: Path, nodes: str | None = None, per: int | None = None, args=(), instance_id="gov"):
+    extra = ["--governor"] + (["--partition-nodes", str(per)] if per else [])
+    return start_net_service(wd, auth="curve", nodes=nodes, args=extra + list(args), instance_id=instance_id)
+
+
+def start_child(wd: Path, governor: NetService, instance_id: str, nodes: str, args=()) -> NetService:
+    """A child started by hand; it finds the governor's address and keys in its service directory."""
+    argv = service_command() + ["--parent", str(governor.sdir), "--id", instance_id, "--nodes", nodes,
+                                "--wd", str(wd)] + [str(a) for a in args]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=clean_env(), cwd=wd, start_new_session=True)
+    child = NetService(wd, instance_id, proc, argv)
+    assert wait_for(lambda: f"child {instance_id} connected" in governor.log_text or proc.poll() is not None, 30), \
+        governor.describe()
+    assert proc.poll() is None, f"child exited {proc.returncode}: {proc.stderr.read().decode()}"
+    return child
+
+
+def manager(governor: NetService) -> Manager:
+    return Manager(str(governor.sdir))
+
+
+def states(m: Manager, names) -> dict:
+    jobs = m.status(names)["jobs"]
+    return {name: entry["data"]["status"] for name, entry in jobs.items()}
+
+
+def report_lines(svc: NetService) -> list[dict]:
+    path = svc.sdir / "jobs.report"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def child_of(entry: dict) -> str:
+    return entry["runtime"]["allocation"].split(":")[0]
+
+
+def finish(governor: NetService, timeout: float = 30) -> int:
+    m = manager(governor)
+    m.finish()
+    try:
+        return governor.proc.wait(timeout)
+    finally:
+        governor.stop()
+
+
+def child_process(governor: NetService, name: str) -> psutil.Process:
+    for proc in psutil.Process(governor.proc.pid).children():
+        if f"--id {name} " in " ".join(proc.cmdline()) + " ":
+            return proc
+    raise AssertionError(f"no child process {name}")
+
+
+@pytest.fixture
+def services():
+    started: list[NetService] = []
+    yield started
+    for svc in started:
+        stop_service(svc)
+
+
+# ---------------------------------------------------------------- partitions as local processes
+def test_campaign_spreads_over_every_partition_and_wait4all_returns(tmp_path, services):
+    gov = start_governor(tmp_path, nodes="2,2,2", per=1)
+    services.append(gov)
+    m = manager(gov)
+    jobs = Jobs().add(name="sweep", exec="/bin/sleep", args=["0.2"], iteration=30)
+    jobs.add(name="single", exec="/bin/echo", args=["${jname}"], stdout="single.out")
+    assert m.submit(jobs) == ["sweep", "single"]
+    m.wait4all(timeout=60)
+    assert states(m, ["sweep", "single"]) == {"sweep": "SUCCEED", "single": "SUCCEED"}
+    assert (tmp_path / "single.out").read_text().strip() == "single"
+    info = m.info("sweep", withChilds=True)["jobs"]["sweep"]["data"]
+    assert info["iterations"]["finished"] == 30
+    where = Counter(c["runtime"]["allocation"].split(":")[0] for c in info["childs"])
+    assert set(where) == {"partition-0", "partition-1", "partition-2"}, where
+    assert all(c["state"] == "SUCCEED" for c in info["childs"])
+    assert finish(gov) == 0
+    lines = report_lines(gov)
+    assert len([e for e in lines if e["name"].startswith("sweep:")]) == 30
+    assert {e["name"] for e in lines if ":" not in e["name"]} == {"sweep", "single"}
+    status = json.loads((gov.sdir / "final_status.json").read_text())
+    assert status["IterationStats"]["FinishedIterations"] == 31
+    assert status["JobStats"]["FinishedJobs"] == 2
+    assert {c["name"] for c in status["Children"]} == {"partition-0", "partition-1", "partition-2"}
+    assert wait_for(lambda: not leftover_processes(gov.sdir), 10)
+
+
+def test_a_partition_twice_as_big_receives_about_twice_the_work(tmp_path, services):
+    gov = start_governor(tmp_path, nodes="2,4", per=1)
+    services.append(gov)
+    m = manager(gov)
+    m.submit(Jobs().add(name="w", exec="/bin/sleep", args=["0.25"], iteration=72))
+    m.wait4all(timeout=90)
+    where = Counter(child_of(c) for c in m.info("w", withChilds=True)["jobs"]["w"]["data"]["childs"])
+    ratio = where["partition-1"] / where["partition-0"]
+    assert 1.5 <= ratio <= 2.6, where
+
+
+def test_a_dependency_across_children_runs_and_omitted_propagates(tmp_path, services):
+    gov = start_governor(tmp_path, nodes="1,1", per=1)
+    services.append(gov)
+    m = manager(gov)
+    jobs = Jobs()
+    jobs.add(name="first", script="sleep 0.3; echo one > first.out", tags=["partition-0"])
+    jobs.add(name="second", script="cat first.out > second.out", after=["first"], tags=["partition-1"])
+    jobs.add(name="bad", exec="/bin/false", tags=["partition-0"])
+    jobs.add(name="never", exec="/bin/true", after=["bad"], tags=["partition-1"])
+    jobs.add(name="per_it", exec="/bin/true", iteration=3, after=["sweep:${it}"], tags=["partition-1"])
+    jobs.add(name="sweep", exec="/bin/true", iteration=3, tags=["partition-0"])
+    m.submit(jobs)
+    m.wait4all(timeout=60)
+    assert states(m, ["first", "second", "bad", "never", "per_it", "sweep"]) == {
+        "first": "SUCCEED", "second": "SUCCEED", "bad": "FAILED", "never": "OMITTED", "per_it": "SUCCEED",
+        "sweep": "SUCCEED"}
+    assert (tmp_path / "second.out").read_text().strip() == "one"
+    info = m.info(["first", "second"])["jobs"]
+    assert info["first"]["data"]["runtime"]["allocation"].startswith("partition-0")
+    assert info["second"]["data"]["runtime"]["allocation"].startswith("partition-1")
+
+
+def test_kill9_of_a_child_loses_no_task_and_the_retry_shows(tmp_path, services):
+    gov = start_governor(tmp_path, nodes="2,2", per=1, args=["--child-heartbeat", "0.3", "--child-timeout", "2"])
+    services.append(gov)
+    m = manager(gov)
+    m.submit(Jobs().add(name="long", script="sleep 0.5; echo ${it} > out.${it}", iteration=24))
+    assert wait_for(lambda: m.info("long")["jobs"]["long"]["data"]["iterations"]["finished"] >= 4, 30)
+    victim = child_process(gov, "partition-0")
+    tasks = [p for p in victim.children(recursive=True)]
+    victim.kill()
+    m.wait4all(timeout=90)
+    assert states(m, "long") == {"long": "SUCCEED"}
+    assert sorted(int(p.name.split(".")[1]) for p in tmp_path.glob("out.*")) == list(range(24))
+    assert "child partition-0 lost" in gov.log_text
+    assert "starting child partition-0 again" in gov.log_text
+    its = m.info([f"long:{i}" for i in range(24)])["jobs"]
+    retried = [name for name, e in its.items() if e["data"]["history"].count("SCHEDULED") > 1]
+    assert retried, "no iteration shows its second start"
+    assert tasks, "the child had no processes to leave behind"
+    assert wait_for(lambda: not any(running(p) for p in tasks), 20), "the dead child's tasks were not killed"
+    assert finish(gov) == 0
+
+
+def test_cancel_remove_and_resources_against_a_governor(tmp_path, services):
+    gov = start_governor(tmp_path, nodes="2,2", per=1)
+    services.append(gov)
+    m = manager(gov)
+    m.submit(Jobs().add(name="slow", exec="/bin/sleep", args=["30"], iteration=6))
+    assert wait_for(lambda: m.resources()["used_cores"] == 4, 20), m.resources()
+    res = m.resources()
+    assert res["total_cores"] == 4 and res["total_nodes"] == 2
+    listed = m.list()
+    assert listed["slow"]["status"] in ("QUEUED", "EXECUTING")
+    m.cancel("slow")
+    m.wait4("slow", timeout=30)
+    assert states(m, "slow") == {"slow": "CANCELED"}
+    assert wait_for(lambda: m.resources()["used_cores"] == 0, 10)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["/bin/sleep", "30"]]
+    m.remove("slow")
+    m.submit(Jobs().add(name="slow", exec="/bin/true", iteration=3))  # the name is free again
+    m.wait4("slow", timeout=30)
+    assert states(m, "slow") == {"slow": "SUCCEED"}
+
+
+# ---------------------------------------------------------------- children that join and leave
+def test_children_join_at_run_time_and_tags_route_jobs(tmp_path, services):
+    gov = start_governor(tmp_path)
+    services.append(gov)
+    m = manager(gov)
+    reply = gov.request({"request": "submit", "jobs": [{"name": "early", "execution": {"exec": "/bin/true"}}]})
+    assert reply["code"] == 1 and "no child manager is attached" in reply["message"]
+    services.append(start_child(tmp_path, gov, "plain", "2"))
+    services.append(start_child(tmp_path, gov, "big", "2", ["--tags", "bigmem,gpu"]))
+    jobs = Jobs()
+    jobs.add(name="needs_big", exec="/bin/true", iteration=6, tags=["bigmem"])
+    jobs.add(name="any", exec="/bin/true", iteration=6)
+    m.submit(jobs)
+    m.wait4all(timeout=60)
+    childs = m.info("needs_big", withChilds=True)["jobs"]["needs_big"]["data"]["childs"]
+    assert {c["runtime"]["allocation"].split(":")[0] for c in childs} == {"big"}
+    reply = gov.request({"request": "submit", "jobs": [
+        {"name": "nowhere", "execution": {"exec": "/bin/true"}, "resources": {"tags": ["bigmem", "fpga"]}}]})
+    assert reply["code"] == 1 and "no attached child has all the tags bigmem, fpga" in reply["message"]
+    reply = gov.request({"request": "submit", "jobs": [
+        {"name": "huge", "execution": {"exec": "/bin/true"}, "resources": {"numCores": 3}}]})
+    assert reply["code"] == 1 and "no single child can hold it" in reply["message"], reply
+    assert states(m, "any") == {"any": "SUCCEED"}  # nothing accepted before was lost
+
+
+def test_a_child_leaves_gracefully_and_its_queued_work_returns(tmp_path, services):
+    gov = start_governor(tmp_path)
+    services.append(gov)
+    stay = start_child(tmp_path, gov, "stay", "2")
+    leave = start_child(tmp_path, gov, "leave", "2")
+    services += [stay, leave]
+    m = manager(gov)
+    m.submit(Jobs().add(name="w", exec="/bin/sleep", args=["0.3"], iteration=24))
+    assert wait_for(lambda: (leave.sdir / "address").exists(), 10)
+    leave.address = (leave.sdir / "address").read_text().strip()
+    leave.credentials = json.loads((leave.sdir / "credentials.json").read_text())
+    assert wait_for(lambda: "EXECUTING" in json.dumps(m.info("w", withChilds=True)), 10)
+    leave.data({"request": "control", "command": "finishAfterAllTasksDone"})
+    assert leave.proc.wait(30) == 0
+    assert "left" in gov.log_text
+    m.wait4all(timeout=60)
+    childs = m.info("w", withChilds=True)["jobs"]["w"]["data"]["childs"]
+    assert all(c["state"] == "SUCCEED" for c in childs)
+    assert Counter(child_of(c) for c in childs)["stay"] > 12
+    its = m.info([f"w:{i}" for i in range(24)])["jobs"]
+    returned = [name for name, e in its.items() if e["data"]["history"].count("SCHEDULED") == 2]
+    assert returned, "no iteration was handed back by the leaving child"
+
+
+# ---------------------------------------------------------------- bad input
+def test_a_bad_registration_gets_a_clear_error_and_the_governor_keeps_running(tmp_path, services):
+    gov = start_governor(tmp_path)
+    services.append(gov)
+    for params, words in (({"id": ""}, "'id' must be a non-empty string"),
+                          ({"id": "x", "resources": {"nodes": []}}, "'resources.nodes' must be a non-empty list"),
+                          ({"id": "x", "resources": {"nodes": [{"name": "n", "total_cores": 0}]}},
+                           "'total_cores' must be a positive integer")):
+        reply = gov.request({"request": "register", "entity": "manager", "params": params})
+        assert reply["code"] == 1 and words in reply["message"], reply
+    assert gov.data({"request": "status"})["Resources"]["TotalCores"] == 0
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--governor", "--parent", "tcp://127.0.0.1:1"], "cannot join another governor"),
+    (["--partition-nodes", "0", "--nodes", "2"], "--partition-nodes must be at least 1"),
+    (["--slurm-partition-nodes", "2", "--nodes", "2"], "--slurm-partition-nodes needs a Slurm allocation"),
+    (["--governor", "--child-timeout", "1", "--child-heartbeat", "2"], "--child-timeout (1) must be longer"),
+], ids=["governor-parent", "partition-0", "slurm-outside", "timeouts"])
+def test_bad_hierarchy_options_are_clear_errors(tmp_path, args, words):
+    proc = subprocess.run(service_command() + ["--wd", str(tmp_path)] + args, capture_output=True, text=True,
+                          timeout=30, env=clean_env())
+    assert proc.returncode != 0
+    assert words in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_child_whose_governor_does_not_answer_exits_with_a_clear_error(tmp_path):
+    argv = service_command() + ["--parent", "tcp://127.0.0.1:1", "--nodes", "1", "--wd", str(tmp_path),
+                                "--child-timeout", "1.5", "--child-heartbeat", "0.5"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=clean_env())
+    assert proc.returncode == 1
+    assert "did not answer the registration within 1.5 s" in proc.stderr, proc.stderr
+
+
+def test_a_child_of_a_dead_governor_kills_its_tasks_and_exits(tmp_path, services):
+    gov = start_governor(tmp_path, args=["--child-heartbeat", "0.3", "--child-timeout", "2"])
+    services.append(gov)
+    child = start_child(tmp_path, gov, "orphan", "2", ["--child-heartbeat", "0.3", "--child-timeout", "2"])
+    services.append(child)
+    m = manager(gov)
+    m.submit(Jobs().add(name="sleepy", exec="/bin/sleep", args=["60"], iteration=2))
+    assert wait_for(lambda: m.resources()["used_cores"] == 2, 20)
+    sleepers = [p for p in psutil.Process(child.proc.pid).children(recursive=True) if p.name() == "sleep"]
+    assert len(sleepers) == 2
+    kill_tree_only(gov.proc.pid)
+    assert child.proc.wait(30) == 1
+    assert "the governor has been silent" in child.log_text
+    assert wait_for(lambda: not any(running(p) for p in sleepers), 15)
+
+
+def kill_tree_only(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
+def running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
