@@ -50,7 +50,7 @@ def report_lines(svc: NetService) -> list[dict]:
 
 
 def child_of(entry: dict) -> str:
-    return entry["runtime"]["allocation"].split(":")[0]
+    return entry["runtime"]["manager"]
 
 
 def finish(governor: NetService, timeout: float = 30) -> int:
@@ -90,7 +90,7 @@ def test_campaign_spreads_over_every_partition_and_wait4all_returns(tmp_path, se
     assert (tmp_path / "single.out").read_text().strip() == "single"
     info = m.info("sweep", withChilds=True)["jobs"]["sweep"]["data"]
     assert info["iterations"]["finished"] == 30
-    where = Counter(c["runtime"]["allocation"].split(":")[0] for c in info["childs"])
+    where = Counter(child_of(c) for c in info["childs"])
     assert set(where) == {"partition-0", "partition-1", "partition-2"}, where
     assert all(c["state"] == "SUCCEED" for c in info["childs"])
     assert finish(gov) == 0
@@ -133,8 +133,9 @@ def test_a_dependency_across_children_runs_and_omitted_propagates(tmp_path, serv
         "sweep": "SUCCEED"}
     assert (tmp_path / "second.out").read_text().strip() == "one"
     info = m.info(["first", "second"])["jobs"]
-    assert info["first"]["data"]["runtime"]["allocation"].startswith("partition-0")
-    assert info["second"]["data"]["runtime"]["allocation"].startswith("partition-1")
+    assert info["first"]["data"]["runtime"]["manager"] == "partition-0"
+    assert info["second"]["data"]["runtime"]["manager"] == "partition-1"
+    assert info["second"]["data"]["runtime"]["allocation"] == "n1[0]"  # the child's own nodes, upstream's form
 
 
 def test_kill9_of_a_child_loses_no_task_and_the_retry_shows(tmp_path, services):
@@ -195,7 +196,7 @@ def test_children_join_at_run_time_and_tags_route_jobs(tmp_path, services):
     m.submit(jobs)
     m.wait4all(timeout=60)
     childs = m.info("needs_big", withChilds=True)["jobs"]["needs_big"]["data"]["childs"]
-    assert {c["runtime"]["allocation"].split(":")[0] for c in childs} == {"big"}
+    assert {child_of(c) for c in childs} == {"big"}
     reply = gov.request({"request": "submit", "jobs": [
         {"name": "nowhere", "execution": {"exec": "/bin/true"}, "resources": {"tags": ["bigmem", "fpga"]}}]})
     assert reply["code"] == 1 and "no attached child has all the tags bigmem, fpga" in reply["message"]

@@ -279,3 +279,52 @@ def test_finish(upstream_python, tmp_path, tmp_path_factory):
         assert (service.sdir / "final_status.json").exists()
     finally:
         service.stop()
+
+
+# ---------------------------------------------------------------- against a governor
+@pytest.fixture(scope="module")
+def governor(tmp_path_factory, upstream_python):
+    service = start_net_service(tmp_path_factory.mktemp("upstream-gov"), auth="none", nodes="2,2",
+                                args=["--governor", "--partition-nodes", "1"], instance_id="upgov")
+    yield service
+    service.stop()
+
+
+def test_upstream_client_against_a_governor(upstream_python, governor, tmp_path):
+    """Everything upstream's governor could not do: jobInfo, listJobs, cancel, a dependency across
+    partitions, wait4all (it never returned there)."""
+    wd = governor.wd
+    out = run_upstream(upstream_python, governor, """
+        m = Manager(sys.argv[1], {'wdir': '.', 'poll_delay': 1})
+        out['resources'] = m.resources()
+        jobs = Jobs()
+        jobs.add(name='g_it', script='sleep 0.2; echo ${it} > g_it_${it}.out', iteration=8)
+        jobs.add_std({'name': 'g_a', 'execution': {'script': 'echo a > g_a.out'},
+                      'resources': {'tags': ['partition-0']}})
+        jobs.add_std({'name': 'g_b', 'execution': {'script': 'cat g_a.out > g_b.out'},
+                      'dependencies': {'after': ['g_a']}, 'resources': {'tags': ['partition-1']}})
+        jobs.add(name='g_long', exec='/bin/sleep', args=['30'])
+        out['submitted'] = m.submit(jobs)
+        out['wait4'] = m.wait4(['g_it', 'g_b'])
+        out['info'] = m.info(['g_it'], withChilds=True)
+        parsed = m.info_parsed(['g_it'], withChilds=True)['g_it']
+        out['parsed'] = [(c.name, c.status, c.total_cores, sorted(c.nodes or {})) for c in parsed.childs]
+        out['list'] = m.list()
+        out['cancel'] = m.cancel(['g_long'])
+        m.wait4all(timeout_secs=30)
+        out['final'] = m.status(['g_it', 'g_a', 'g_b', 'g_long'])
+        out['system'] = m.system_status()
+        m.cleanup()
+    """, tmp_path, timeout=60)
+    assert out["resources"]["total_cores"] == 4
+    assert out["submitted"] == ["g_it", "g_a", "g_b", "g_long"]
+    assert out["wait4"] == {"g_it": "SUCCEED", "g_b": "SUCCEED"}
+    assert (wd / "g_b.out").read_text() == "a\n"
+    assert sorted((wd / f"g_it_{i}.out").read_text() for i in range(8)) == sorted(f"{i}\n" for i in range(8))
+    childs = out["info"]["jobs"]["g_it"]["data"]["childs"]
+    assert {c["runtime"]["manager"] for c in childs} == {"partition-0", "partition-1"}
+    assert all(total == 1 and nodes in (["n0"], ["n1"]) for _, _, total, nodes in out["parsed"]), out["parsed"]
+    assert out["list"]["g_long"]["status"] in ("QUEUED", "EXECUTING")
+    final = {n: e["data"]["status"] for n, e in out["final"]["jobs"].items()}
+    assert final == {"g_it": "SUCCEED", "g_a": "SUCCEED", "g_b": "SUCCEED", "g_long": "CANCELED"}
+    assert out["system"]["System"]["StatusPublisher"]

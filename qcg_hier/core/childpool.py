@@ -73,8 +73,13 @@ class ChildAlloc:
     def nodes(self) -> list:
         return [self.child]
 
+    @property
+    def manager(self) -> str:
+        return self.child.name
+
     def describe(self) -> str:
-        return f"{self.child.name}:{self.where}" if self.where else self.child.name
+        """The child's own allocation text (`n3[0:1]`, upstream's form), once the child told it."""
+        return self.where
 
 
 class ChildPool:

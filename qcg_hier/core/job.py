@@ -56,6 +56,9 @@ class Record:
         if o is None:
             return {}
         out = {"allocation": self.allocation, "wd": o.wd}
+        manager = getattr(self.alloc, "manager", None)
+        if manager:
+            out["manager"] = manager  # under a governor: the child manager it ran in
         if o.start and o.end:
             out["rtime"] = format_timedelta(o.end - o.start)
         if o.rc is not None:

@@ -74,12 +74,26 @@ class GovernorService(ManagerService):
         except ValueError as exc:
             return protocol.error(f"Register request failed: {exc}")
 
+    def _advertise(self) -> None:
+        """Clients find the address once the governor's own children have joined (they are told it)."""
+        if self.launcher.ready:
+            super()._advertise()
+
     def _on_ready(self) -> None:
+        if self.zmq_address is not None:
+            super()._advertise()
         waiting, self._waiting_submits = self._waiting_submits, []
         for request, future in waiting:
             if not future.done():
                 future.set_result(super().handle(request))
         self._kick()
+
+    async def shutdown(self) -> None:
+        for _request, future in self._waiting_submits:
+            if not future.done():
+                future.set_result(protocol.error("The governor stopped before its children joined"))
+        self._waiting_submits = []
+        await super().shutdown()
 
     def remove(self, name: str) -> None:
         super().remove(name)

@@ -33,6 +33,14 @@ def _names(req: dict) -> list[str]:
     return names
 
 
+def _running_runtime(task) -> dict:
+    out = {"allocation": task.alloc.describe()}
+    manager = getattr(task.alloc, "manager", None)
+    if manager:
+        out["manager"] = manager
+    return out
+
+
 def _history_text(history) -> str:
     return "".join(f"\n{datetime.fromtimestamp(t)}: {state.value}" for state, t in history)
 
@@ -134,7 +142,7 @@ class Handlers:
                 data["runtime"] = record.runtime()
                 data["history"] = _history_text(record.history)
             elif task is not None:
-                data["runtime"] = {"allocation": task.alloc.describe()}
+                data["runtime"] = _running_runtime(task)
                 data["history"] = _history_text(task.history)
             return data
         data = {"jobName": name, "status": job.state.value}
@@ -150,7 +158,7 @@ class Handlers:
             if record is not None:
                 data["runtime"] = record.runtime()
             elif task is not None:
-                data["runtime"] = {"allocation": task.alloc.describe()}
+                data["runtime"] = _running_runtime(task)
         data["history"] = _history_text(job.history)
         if job.messages:
             data["messages"] = "; ".join(job.messages)
@@ -167,7 +175,7 @@ class Handlers:
                 if record.message:
                     child["messages"] = record.message
             elif task is not None:
-                child["runtime"] = {"allocation": task.alloc.describe()}
+                child["runtime"] = _running_runtime(task)
             childs.append(child)
         return childs
 

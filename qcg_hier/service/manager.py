@@ -211,11 +211,14 @@ class ManagerService:
             self.task_context.spec_cache.clear()  # specs built before carry the old environment
             if net.credentials is not None:
                 self.task_context.base_env.update(net.credentials.client_env())
-        tmp = self.service_dir / "address.tmp"
-        tmp.write_text(net.address)
-        tmp.replace(self.service_dir / "address")  # clients poll for it: never show a half-written file
+        self._advertise()
         log.info("network interface at %s, status publisher at %s, authentication %s", net.address,
                  net.pub_address, "CURVE" if net.credentials else "none")
+
+    def _advertise(self) -> None:
+        tmp = self.service_dir / "address.tmp"
+        tmp.write_text(self.zmq_address)
+        tmp.replace(self.service_dir / "address")  # clients poll for it: never show a half-written file
 
     def subscriptions_changed(self) -> None:
         self.core.emit_progress = self.publisher.wants("IST") or self.publisher.wants("JST")
