@@ -10,9 +10,10 @@ child always has the next tasks queued while its results travel to the governor,
 fast or big child takes more work, because its capacity frees up sooner or in larger parts.
 
 Routing policy (`allocate`): among the children whose tags include all of the request's and
-whose nodes could hold it, the child that took the previous iteration of the same request
-keeps taking them while it has room (so consecutive iterations go out as one chunk);
-otherwise the child with the most room left.
+whose nodes could hold it, idle cores are filled first (the child with the most idle cores),
+and only when no child has idle cores left does the prefetch room fill (the child with the
+most room). The child that took the previous iteration of the same request keeps taking
+them while it stays the right choice, so consecutive iterations go out as one chunk.
 """
 import math
 
@@ -47,6 +48,10 @@ class Child:
     @property
     def room(self) -> int:
         return max(0, self.limit - self.outstanding)
+
+    @property
+    def idle(self) -> int:
+        return max(0, self.total - self.outstanding)
 
     def need(self, req) -> int:
         """Cores one task of `req` takes from this child's capacity (the minimum it asks for)."""
@@ -88,6 +93,7 @@ class ChildPool:
         self.nodes: list[Child] = []  # named as ResourcePool's, for the Scheduler: a child is its "node"
         self.by_name: dict[str, Child] = {}
         self.free_cores = 0  # room summed over ready children: what the Scheduler may still hand out
+        self.idle_cores = 0  # idle cores summed over ready children (no work handed out for them)
         self._current: dict = {}  # Request -> the child that took its last iteration
         self._eligible: dict = {}  # Request -> children with its tags that could ever hold it
 
@@ -109,6 +115,7 @@ class ChildPool:
     def mark_lost(self, child: Child, permanent: bool = True) -> None:
         if child.ready:
             self.free_cores -= child.room
+            self.idle_cores -= child.idle
             child.ready = False
         if permanent:
             child.alive = False
@@ -120,6 +127,7 @@ class ChildPool:
         if not child.ready:
             child.ready = True
             self.free_cores += child.room
+            self.idle_cores += child.idle
         self._eligible.clear()
 
     # ----- totals -----
@@ -178,24 +186,32 @@ class ChildPool:
     # ----- handing out -----
     def allocate(self, req) -> ChildAlloc | None:
         child = self._current.get(req)
-        if child is None or not child.ready or child.room < child.need(req) or not child.alive:
-            child = None
-            best = 0
-            for c in self.eligible(req):
-                room = c.room
-                if c.ready and room >= c.need(req) and room > best:
-                    child, best = c, room
+        if child is None or not child.ready or child.room < child.need(req) or (
+                child.idle < child.need(req) and self.idle_cores > 0):
+            child = self._best(req, "idle") if self.idle_cores > 0 else None
+            child = child or self._best(req, "room")
             if child is None:
                 return None
             self._current[req] = child
         cores = child.need(req)
+        idle = child.idle
         child.outstanding += cores
         self.free_cores -= cores  # room was at least `cores`
+        self.idle_cores -= idle - child.idle
         return ChildAlloc(child, cores)
+
+    def _best(self, req, measure: str) -> Child | None:
+        best, most = None, 0
+        for c in self.eligible(req):
+            amount = getattr(c, measure)
+            if c.ready and amount >= c.need(req) and amount > most:
+                best, most = c, amount
+        return best
 
     def release(self, alloc: ChildAlloc) -> None:
         child = alloc.child
-        before = child.room
+        room, idle = child.room, child.idle
         child.outstanding -= alloc.cores
         if child.ready:
-            self.free_cores += child.room - before
+            self.free_cores += child.room - room
+            self.idle_cores += child.idle - idle

@@ -1,0 +1,150 @@
+"""The governor's pool of children and the scheduling core over it; a child's adopt/give/take_back."""
+import pytest
+
+from qcg_hier.core.childpool import ChildPool
+from qcg_hier.core.errors import SubmitError
+from qcg_hier.core.job import Outcome
+from qcg_hier.core.jobdesc import parse_job
+from qcg_hier.core.nodespec import NodeSpec
+from qcg_hier.core.resources import ResourcePool, Request
+from qcg_hier.core.scheduler import Scheduler
+from qcg_hier.core.states import JobState
+
+
+def nodes(*cores, prefix="n"):
+    return [NodeSpec(f"{prefix}{i}", c) for i, c in enumerate(cores)]
+
+
+def pool_with(*children, prefetch=2.0):
+    """children: (name, [cores per node], tags)"""
+    pool = ChildPool(prefetch)
+    for name, cores, tags in children:
+        pool.mark_ready(pool.attach(name, nodes(*cores, prefix=name), (name, *tags)))
+    return pool
+
+
+def job(name, **kw):
+    desc = {"name": name, "execution": {"exec": "/bin/true"}}
+    desc.update(kw)
+    return parse_job(desc)
+
+
+def finish_all(core, tasks, now=1.0, rc=0):
+    for t in tasks:
+        core.finish(t.tid, Outcome(rc=rc, start=now, end=now), now)
+
+
+def by_child(tasks):
+    out = {}
+    for t in tasks:
+        out.setdefault(t.alloc.child.name, []).append(t.it)
+    return out
+
+
+def test_idle_cores_fill_first_then_the_prefetch_room():
+    pool = pool_with(("a", [4], ()), ("b", [4], ()), ("c", [4], ()))
+    core = Scheduler(pool)
+    core.submit([job("w", iteration={"stop": 100})], 0.0)
+    started = core.schedule(0.0)
+    placed = by_child(started)
+    # 3 x 4 idle cores, then 3 x 4 more of prefetch room: 24 handed out, evenly, in runs
+    assert {k: len(v) for k, v in placed.items()} == {"a": 8, "b": 8, "c": 8}
+    assert placed["a"][:4] == [0, 1, 2, 3] and placed["b"][:4] == [4, 5, 6, 7]
+    assert pool.free_cores == 0 and pool.idle_cores == 0
+    assert core.schedule(0.0) == []
+    finish_all(core, [t for t in started if t.alloc.child.name == "b"][:3])
+    more = core.schedule(1.0)
+    assert by_child(more) == {"b": [24, 25, 26]}  # capacity frees in b: b takes the next chunk
+
+
+def test_a_bigger_child_takes_more():
+    pool = pool_with(("small", [2], ()), ("big", [4], ()))
+    core = Scheduler(pool)
+    core.submit([job("w", iteration={"stop": 1000})], 0.0)
+    counts = {"small": 0, "big": 0}
+    running = core.schedule(0.0)
+    # every round: each child finishes what it has running (its cores' worth), the core refills
+    for _ in range(50):
+        done = []
+        for name, size in (("small", 2), ("big", 4)):
+            mine = [t for t in running if t.alloc.child.name == name][:size]
+            done += mine
+            counts[name] += len(mine)
+        finish_all(core, done)
+        running = [t for t in running if t not in done] + core.schedule(1.0)
+    assert counts["big"] == 2 * counts["small"]
+
+
+def test_tags_route_and_a_job_no_child_can_hold_is_refused():
+    pool = pool_with(("plain", [4], ()), ("fat", [2, 2], ("bigmem",)))
+    core = Scheduler(pool)
+    core.submit([job("t", iteration={"stop": 6}, resources={"tags": ["bigmem"]})], 0.0)
+    assert set(by_child(core.schedule(0.0))) == {"fat"}
+    with pytest.raises(SubmitError, match="no attached child has all the tags bigmem, gpu"):
+        core.submit([job("x", resources={"tags": ["bigmem", "gpu"]})], 0.0)
+    with pytest.raises(SubmitError, match="no single child can hold it.*the largest, plain, requires 5 cores"):
+        core.submit([job("y", resources={"numCores": 5})], 0.0)
+    with pytest.raises(SubmitError, match="the largest with these tags, fat, requires 2 nodes with 3 cores"):
+        core.submit([job("z", resources={"numCores": 3, "numNodes": 2, "tags": ["bigmem"]})], 0.0)
+    assert "no child manager is attached" in ChildPool().why_never_fits(Request())
+
+
+def test_a_lost_child_returns_its_work_as_a_retry_and_a_returned_chunk_is_no_retry():
+    pool = pool_with(("a", [2], ()), ("b", [2], ()))
+    core = Scheduler(pool)
+    core.submit([job("w", iteration={"stop": 8})], 0.0)
+    started = core.schedule(0.0)
+    on_a = [t for t in started if t.alloc.child.name == "a"]
+    lost = core.node_lost(pool.by_name["a"], 1.0, permanent=False)
+    assert sorted(t.it for t in lost) == sorted(t.it for t in on_a)
+    assert pool.idle_cores == 0  # a is not ready; b is full
+    jobobj = core.jobs["w"]
+    assert all(jobobj.attempts[t.it][0] == 1 for t in on_a)
+    on_b = [t for t in started if t.alloc.child.name == "b"]
+    core.give_back(on_b[-1], 2.0)
+    assert jobobj.attempts[on_b[-1].it][0] == 0
+    pool.mark_ready(pool.by_name["a"])
+    again = core.schedule(3.0)
+    assert sorted(t.it for t in again) == sorted([t.it for t in on_a] + [on_b[-1].it])
+
+
+def test_a_child_adopts_a_job_and_runs_only_what_it_is_given():
+    core = Scheduler(ResourcePool(nodes(2)))
+    core.adopt(job("w", iteration={"start": 10, "stop": 1010}), 0.0)
+    assert core.schedule(0.0) == []
+    assert core.give("w", [500, 501, 502], 0.0) == 3
+    tasks = core.schedule(0.0)
+    assert [t.it for t in tasks] == [500, 501]
+    assert core.it_counts[JobState.QUEUED] == 1 and core.it_counts[JobState.SCHEDULED] == 2
+    assert core.take_back() == {"w": [502]}
+    assert core.it_counts[JobState.QUEUED] == 0
+    finish_all(core, tasks)
+    assert core.it_counts[JobState.SUCCEED] == 2
+    assert not core.jobs["w"].state.is_final  # the governor owns the job's state
+    events = core.drain_events()
+    assert [(e[2], e[3]) for e in events if e[0] == "it" and e[3].is_final] == [(500, JobState.SUCCEED),
+                                                                           (501, JobState.SUCCEED)]
+
+
+def test_a_child_cancels_a_given_iteration_and_a_plain_job_finishes():
+    core = Scheduler(ResourcePool(nodes(1)))
+    core.adopt(job("w", iteration={"stop": 5}), 0.0)
+    core.give("w", [0, 1], 0.0)
+    core.adopt(job("p"), 0.0)
+    core.give("p", [0], 0.0)
+    [t0] = core.schedule(0.0)
+    assert t0.it == 0
+    assert core.cancel("w:1", 1.0) == []
+    finish_all(core, [t0])
+    [tp] = core.schedule(2.0)
+    assert tp.job.name == "p"
+    finish_all(core, [tp])
+    events = core.drain_events()
+    assert ("w", 1, JobState.CANCELED) in [(e[1].name, e[2], e[3]) for e in events if e[0] == "it"]
+    assert [(e[1].name, e[2]) for e in events if e[0] == "job"][-1] == ("p", JobState.SUCCEED)
+
+
+def test_adopting_a_job_this_child_cannot_hold_raises():
+    core = Scheduler(ResourcePool(nodes(2)))
+    with pytest.raises(SubmitError):
+        core.adopt(job("big", resources={"numCores": 4}), 0.0)
