@@ -309,6 +309,13 @@ def inspect(out: Outcome, wd: str, governor: bool) -> None:
             out.cpu_at_sched = before[-1]
 
 
+class CountVerdict(bl.Verdict):
+    """A verdict whose figure is a count."""
+
+    def value_str(self) -> str:
+        return "-" if self.value is None else f"{self.value:.0f}"
+
+
 def cpu_recorder(samples: list) -> bl.Stopper:
     """A stopper that never stops: it records (t, own CPU s) of the service
     process at every sample (psutil's view of the same /proc figures)."""
@@ -452,7 +459,7 @@ class Bench:
         it = (out.final or {}).get("IterationStats", {})
         details.append(f"final_status.json: FinishedIterations {it.get('FinishedIterations')} (expected "
                        f"{a.tasks:,}), FailedIterations {it.get('FailedIterations')}")
-        self.record(bl.Verdict("scale-check", len(bad), "problems", "0", None, not bad,
+        self.record(CountVerdict("scale-check", len(bad), "problems", "0", None, not bad,
                                "; ".join(bad)), "\n".join(details))
         self.passfail.append(f"scale: {'PASS' if ok else 'FAIL'} ({rate:,.0f} tasks/s, target >= "
                              f"{SCALE_TARGET:,.0f})")
@@ -534,7 +541,7 @@ class Bench:
         problems = [f"{who} run {i + 1}: {'; '.join(o.check())}"
                     for i, (g, m, _) in enumerate(pairs) for who, o in (("governor", g), ("manager", m))
                     if o.check()]
-        self.record(bl.Verdict("real-check", len(problems), "problems", "0", None, not problems,
+        self.record(CountVerdict("real-check", len(problems), "problems", "0", None, not problems,
                                " | ".join(problems)),
                     f"every run: exit 0, no stray process, jobs.report tasks + jobs lines, every iteration "
                     f"once and SUCCEED, FinishedIterations == tasks ({2 * len(pairs)} runs)")

@@ -290,3 +290,41 @@ def running(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+# ---------------------------------------------------------------- crash and --resume of a governor
+def test_kill9_of_the_governor_then_resume_runs_exactly_the_rest(tmp_path, background):
+    from conftest import start_service, iterations_of, states as history
+    from test_resume import FINISH, RETRY, crash, its_in, journal_records, resume, wait_journal
+
+    wd = tmp_path / "wd"
+    jobs = [{"name": "A", "iteration": {"stop": 30},
+             "execution": {"script": "echo ${it} $$ >> starts.txt; sleep 0.3; echo ${it} >> done.txt"}},
+            {"name": "B", "dependencies": {"after": ["A"]}, "execution": {"script": "echo $$ >> b.txt"}}]
+    run = start_service(wd, [{"request": "submit", "jobs": jobs}, FINISH], nodes="2,2",
+                        args=["--governor", "--partition-nodes", "1", "--child-heartbeat", "0.3",
+                              "--child-timeout", "1.5"])
+    background.append(run)
+    wait_journal(run, lambda r: len(its_in(r, "fin", "SUCCEED")["A"]) >= 8, timeout=30, quiet=0.05)
+    crash(run)
+    at_crash = journal_records(wd)
+    done_before = its_in(at_crash, "fin")["A"]
+    handed_out = its_in(at_crash, "run")["A"] - done_before
+    assert 8 <= len(done_before) < 30 and handed_out
+    # the orphaned children notice the silence, kill their tasks and exit
+    assert wait_for(lambda: not [p for p in psutil.process_iter(["cmdline"])
+                                 if str(wd) in " ".join(p.info["cmdline"] or []) and "--parent" in
+                                 (p.info["cmdline"] or [])], 15)
+    res = resume(wd, timeout=60)
+    assert res.returncode == 0, res.describe()
+    report = res.report(unique=False)
+    its = iterations_of(report, "A")
+    assert sorted(its) == list(range(30)) and all(e["state"] == "SUCCEED" for e in its.values())
+    assert report["B"]["state"] == "SUCCEED"
+    assert all(history(its[i])[:3] == RETRY for i in handed_out), {i: history(its[i]) for i in handed_out}
+    starts = Counter(int(line.split()[0]) for line in (wd / "starts.txt").read_text().splitlines())
+    assert all(starts[i] == 1 for i in done_before), "an iteration that had succeeded started again"
+    done = Counter(int(x) for x in (wd / "done.txt").read_text().split())
+    assert sorted(done) == list(range(30))
+    assert len((wd / "b.txt").read_text().split()) == 1
+    assert res.final_status()["States"]["SUCCEED"] == 31

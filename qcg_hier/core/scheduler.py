@@ -49,6 +49,8 @@ class Scheduler:
         self._seq = 0
         self._tid = 0
         self._bucket_added = False  # set by _enqueue when it makes a bucket (schedule() rescans)
+        # off while a governor replays its journal: its children have not joined yet
+        self.check_fit = True
 
     # ================================================================ submit
     def submit(self, specs: list, now: float) -> list[str]:
@@ -79,6 +81,8 @@ class Scheduler:
                 raise SubmitError(f"Job {spec.name} already exist" if spec.name in self.jobs
                                   else f"Job {spec.name} given twice in one request")
             names.add(spec.name)
+            if not self.check_fit:
+                continue
             if spec.resources.cores and spec.resources.cores.scheduler or spec.resources.nodes and spec.resources.nodes.scheduler:
                 continue  # checked by the sizer
             req = spec.resources.request()
@@ -98,6 +102,8 @@ class Scheduler:
                 field = "resources.numNodes" if on_nodes else "resources.numCores"
                 minimum = rng.min if rng.min_given else None
                 sizer = make_sizer(rng.scheduler, rng.params, iterations, available, minimum, spec.name, field)
+                if not self.check_fit:
+                    return sizer, on_nodes
                 for size in sizer.distinct_sizes():
                     req = res.request(nodes=size) if on_nodes else res.request(cores=size)
                     why = self.pool.why_never_fits(req)

@@ -74,6 +74,15 @@ class GovernorService(ManagerService):
         except ValueError as exc:
             return protocol.error(f"Register request failed: {exc}")
 
+    def replay(self, records: list) -> int:
+        """--resume: the governor's journal is the campaign's record; its children start afresh and the
+        iterations they were running at the crash run again (as retries)."""
+        self.core.check_fit = False
+        try:
+            return super().replay(records)
+        finally:
+            self.core.check_fit = True
+
     def _advertise(self) -> None:
         """Clients find the address once the governor's own children have joined (they are told it)."""
         if self.launcher.ready:
