@@ -16,6 +16,11 @@ For each round and each fault kind, in a fresh working directory:
                the service restarts the agent and re-queues them (automatic recovery);
   - `manager`: the service itself: the agent gets SIGTERM (parent death) and kills its tasks;
                then `qcg-pm-service --resume WD` finishes the rest;
+  - `child`:   one child manager of a governor (`--governor --partition-nodes 1` over --nodes):
+               its agent gets SIGTERM and kills its tasks, the governor notices, re-queues the
+               child's work on the others and starts the child again (automatic recovery);
+  - `governor`: the governor: its children notice the silence (--child-timeout 2 s), kill their
+               tasks and exit; then `qcg-pm-service --resume WD` finishes the rest;
 * checks:
   - every task ended SUCCEED (final_status.json, and jobs.report's last entry per iteration);
   - no task whose success had been journaled ran again (its name appears once in names.txt);
@@ -25,8 +30,7 @@ For each round and each fault kind, in a fresh working directory:
   - no process left: nothing whose command line holds the round's marker (tasks, agent,
     watchdog, service) is alive afterwards.
 
-The kinds `child` and `governor` need the governor (`--governor`/`--parent`), not built yet:
-they are printed as skipped. A round is bounded (--round-timeout, default 60 s): on timeout
+A round is bounded (--round-timeout, default 60 s): on timeout
 everything of the round is killed (by PID) and the round fails.
 """
 from __future__ import annotations
@@ -48,8 +52,9 @@ import psutil
 
 SERVICE_ID = "fi"
 SDIR = f".qcgpjm-service-{SERVICE_ID}"
-KINDS = ["agent", "manager"]
-NOT_YET = ["child", "governor"]
+KINDS = ["agent", "manager", "child", "governor"]
+GOVERNED = ("child", "governor")
+GOVERNOR_ARGS = ["--governor", "--partition-nodes", "1", "--child-heartbeat", "0.3", "--child-timeout", "2"]
 
 
 def service_command() -> list[str]:
@@ -149,6 +154,18 @@ def wait_exit(proc: subprocess.Popen, deadline: float) -> int | None:
         return None
 
 
+def child_pids(marker: str) -> list[int]:
+    """The child managers of the round's governor (their command line holds the marker and --parent)."""
+    found = []
+    for proc in marked(marker):
+        try:
+            if "--parent" in proc.cmdline():
+                found.append(proc.pid)
+        except psutil.NoSuchProcess:
+            continue  # a task that ended meanwhile
+    return found
+
+
 def agent_pid(sdir: Path) -> int | None:
     import re
     try:
@@ -174,8 +191,9 @@ def one_round(n: int, kind: str, rng: random.Random, args, base: Path) -> tuple[
     problems = []
     info = {}
     try:
+        extra = GOVERNOR_ARGS if kind in GOVERNED else []
         svc = start(service_command() + ["--file-path", str(reqs), "--wd", str(wd), "--id", SERVICE_ID,
-                                         "--nodes", args.nodes], wd, root / "service.out")
+                                         "--nodes", args.nodes] + extra, wd, root / "service.out")
         # ---- the fault
         while count_lines(names) < target and svc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.003)
@@ -191,6 +209,14 @@ def one_round(n: int, kind: str, rng: random.Random, args, base: Path) -> tuple[
                 problems.append("no agent pid in agent-local.log")
             else:
                 os.kill(pid, signal.SIGKILL)
+        elif kind == "child":
+            children = child_pids(marker)
+            if not children:
+                problems.append("no child manager process found")
+            else:
+                pid = rng.choice(children)
+                info["fault"] += f" child {pid}"
+                os.kill(pid, signal.SIGKILL)
         else:
             os.kill(svc.pid, signal.SIGKILL)
         at_fault = journal(sdir)  # the journal at the fault (the manager cannot add more when dead)
@@ -198,14 +224,16 @@ def one_round(n: int, kind: str, rng: random.Random, args, base: Path) -> tuple[
         info["journaled"] = len(succeeded_before)
 
         # ---- recovery
-        if kind == "manager" and not problems:
+        if kind in ("manager", "governor") and not problems:
             svc.wait()
-            gone_by = time.monotonic() + 5
+            # a governor's children wait --child-timeout before they give up on it
+            gone_by = time.monotonic() + (5 if kind == "manager" else 8)
             while marked(marker) and time.monotonic() < gone_by:
                 time.sleep(0.05)
             survivors = marked(marker)
             if survivors:
-                problems.append(f"{len(survivors)} processes alive 5 s after the manager's death")
+                problems.append(f"{len(survivors)} processes alive {'5' if kind == 'manager' else '8'} s after the "
+                                f"{kind}'s death")
                 kill_marked(marker)
             svc = start(service_command() + ["--resume", str(wd)], wd, root / "resume.out")
         rc = wait_exit(svc, deadline)
@@ -283,7 +311,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--kinds", default=",".join(KINDS + NOT_YET))
+    p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--jobs", type=int, default=20)
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--nodes", default="4,4")
@@ -292,24 +320,19 @@ def main() -> int:
     p.add_argument("--base", default=None, help="where the rounds' directories go (default: a temporary one)")
     args = p.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS + NOT_YET]
+    unknown = [k for k in kinds if k not in KINDS]
     if unknown:
-        p.error(f"unknown kinds {unknown}; known: {KINDS + NOT_YET}")
+        p.error(f"unknown kinds {unknown}; known: {KINDS}")
     base = Path(args.base or tempfile.mkdtemp(prefix="qh-fault-"))
     base.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
-    print(f"fault injection: {args.rounds} rounds x {[k for k in kinds if k in KINDS]}, campaign "
+    print(f"fault injection: {args.rounds} rounds x {kinds}, campaign "
           f"{args.jobs} jobs x {args.iterations} iterations on --nodes {args.nodes}, seed {args.seed}, in {base}",
           flush=True)
-    for kind in kinds:
-        if kind in NOT_YET:
-            print(f"{kind}: skipped: no governor yet (needs --governor/--parent)", flush=True)
     passed = failed = 0
     t0 = time.monotonic()
     for n in range(1, args.rounds + 1):
         for kind in kinds:
-            if kind in NOT_YET:
-                continue
             try:
                 ok, line = one_round(n, kind, rng, args, base)
             except Exception as exc:  # a broken round is a failed round, the others still run
