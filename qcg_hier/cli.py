@@ -265,7 +265,7 @@ def run_service(opts, nodes) -> int:
     service_dir = make_service_dir(wd, instance_id)
     if not opts.resume_records:
         # a new run with an --id used before starts clean (service.log is appended, as upstream)
-        for stale in ("journal", "final_status.json", "address", opts.report_file):
+        for stale in ("journal", "final_status.json", "address", "parent", opts.report_file):
             (service_dir / stale).unlink(missing_ok=True)
     logger = setup_logging(service_dir, opts.log_level)
     tags = ",".join([instance_id] + ([t for t in opts.tags.split(",") if t] if opts.tags else []))

@@ -36,7 +36,7 @@ def start_child(wd: Path, governor: NetService, instance_id: str, nodes: str, ar
 
 
 def manager(governor: NetService) -> Manager:
-    return Manager(str(governor.sdir))
+    return Manager(str(governor.wd))  # the working directory: the governor, not a child, answers
 
 
 def states(m: Manager, names) -> dict:

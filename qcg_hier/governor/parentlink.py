@@ -23,6 +23,7 @@ from ..api.manager import resolve_address
 from ..core.errors import CoreError, SubmitError
 from ..core.jobdesc import parse_job
 from ..core.states import JobState
+from ..service.servicedir import PARENT_FILE
 from .childlink import LinkSettings
 
 log = logging.getLogger("qcg_hier")
@@ -86,6 +87,7 @@ class ParentLink:
         self.outbox.append(["hello"])
         self._send_heartbeat()
         self._tasks.append(asyncio.ensure_future(self._watch()))
+        (self.service.service_dir / PARENT_FILE).write_text(self.address)
         log.info("registered with governor %s as %s", self.address, data["id"])
 
     async def _register(self) -> dict:

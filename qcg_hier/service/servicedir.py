@@ -38,10 +38,14 @@ def write_final_status(service_dir: Path, status: dict) -> None:
     tmp.replace(service_dir / "final_status.json")
 
 
+PARENT_FILE = "parent"  # in a child's service directory: its governor's address
+
+
 def find_service_dirs(path: Path) -> list[Path]:
-    """Service directories under a working directory (or the path itself), newest first."""
+    """Service directories under a working directory (or the path itself), newest first; those of a
+    governor's children (marked by a `parent` file) after the others: the governor speaks for them."""
     path = Path(path)
     if path.name.startswith(SERVICE_DIR_PREFIX) and path.is_dir():
         return [path]
     dirs = [p for p in path.glob(f"{SERVICE_DIR_PREFIX}*") if p.is_dir()]
-    return sorted(dirs, key=lambda p: p.stat().st_mtime, reverse=True)
+    return sorted(dirs, key=lambda p: ((p / PARENT_FILE).exists(), -p.stat().st_mtime))
