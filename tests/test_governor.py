@@ -83,11 +83,12 @@ def test_campaign_spreads_over_every_partition_and_wait4all_returns(tmp_path, se
     services.append(gov)
     m = manager(gov)
     jobs = Jobs().add(name="sweep", exec="/bin/sleep", args=["0.2"], iteration=30)
-    jobs.add(name="single", exec="/bin/echo", args=["${jname}"], stdout="single.out")
+    jobs.add(name="single", script="echo ${jname} $QCG_PM_ZMQ_ADDRESS > single.out")
     assert m.submit(jobs) == ["sweep", "single"]
     m.wait4all(timeout=60)
     assert states(m, ["sweep", "single"]) == {"sweep": "SUCCEED", "single": "SUCCEED"}
-    assert (tmp_path / "single.out").read_text().strip() == "single"
+    # a child's task talks to the governor (one view of the campaign), not to its child
+    assert (tmp_path / "single.out").read_text().split() == ["single", gov.address]
     info = m.info("sweep", withChilds=True)["jobs"]["sweep"]["data"]
     assert info["iterations"]["finished"] == 30
     where = Counter(child_of(c) for c in info["childs"])
@@ -188,7 +189,8 @@ def test_children_join_at_run_time_and_tags_route_jobs(tmp_path, services):
     m = manager(gov)
     reply = gov.request({"request": "submit", "jobs": [{"name": "early", "execution": {"exec": "/bin/true"}}]})
     assert reply["code"] == 1 and "no child manager is attached" in reply["message"]
-    services.append(start_child(tmp_path, gov, "plain", "2"))
+    first_plain = start_child(tmp_path, gov, "plain", "2")
+    services.append(first_plain)
     services.append(start_child(tmp_path, gov, "big", "2", ["--tags", "bigmem,gpu"]))
     jobs = Jobs()
     jobs.add(name="needs_big", exec="/bin/true", iteration=6, tags=["bigmem"])
@@ -204,6 +206,12 @@ def test_children_join_at_run_time_and_tags_route_jobs(tmp_path, services):
         {"name": "huge", "execution": {"exec": "/bin/true"}, "resources": {"numCores": 3}}]})
     assert reply["code"] == 1 and "no single child can hold it" in reply["message"], reply
     assert states(m, "any") == {"any": "SUCCEED"}  # nothing accepted before was lost
+    # the same id registered again: the newest wins, the earlier process is told to exit
+    services.append(start_child(tmp_path, gov, "plain", "2"))
+    assert first_plain.proc.wait(15) == 0
+    m.submit(Jobs().add(name="after_replace", exec="/bin/true", iteration=4))
+    m.wait4("after_replace", timeout=30)
+    assert states(m, "after_replace") == {"after_replace": "SUCCEED"}
 
 
 def test_a_child_leaves_gracefully_and_its_queued_work_returns(tmp_path, services):

@@ -147,9 +147,7 @@ class ChildLauncher:
             raise ValueError("'tags' must be a list of strings")
         old = self.children.get(name)
         if old is not None and old.connected:
-            if not params.get("replace"):
-                raise ValueError(f'Manager with id "{name}" already registered')
-            self._lose(old, "registered again")
+            self._lose(old, "registered again")  # a restarted child, or a duplicate id: the newest wins
         entry = ChildEntry(name, params.get("address"))
         self.children[name] = entry
         self.service.child_attached(name, specs, tuple(dict.fromkeys([name, *tags])))
