@@ -336,3 +336,30 @@ def test_kill9_of_the_governor_then_resume_runs_exactly_the_rest(tmp_path, backg
     assert sorted(done) == list(range(30))
     assert len((wd / "b.txt").read_text().split()) == 1
     assert res.final_status()["States"]["SUCCEED"] == 31
+
+
+# ---------------------------------------------------------------- the operator's tools on a governor
+def test_status_and_reports_on_a_governor_directory(tmp_path, services):
+    from test_tools import hier
+
+    gov = start_governor(tmp_path, nodes="2,2", per=1)
+    services.append(gov)
+    m = manager(gov)
+    m.submit(Jobs().add(name="s", exec="/bin/sleep", args=["1"], iteration=6)
+             .add(name="bad", exec="/bin/false").add(name="skipped", exec="/bin/true", after=["bad"]))
+    assert wait_for(lambda: m.system_status()["States"]["EXECUTING"] == 4, 20), m.system_status()
+    live = json.loads(hier("status", tmp_path, "--json").stdout)
+    assert live["live"] is True and live["service"] == "gov"
+    assert live["states"]["EXECUTING"] == 4 and live["cores"] == {"total": 4, "used": 4, "free": 0}, live
+    assert sorted(n["name"] for n in live["nodes"]) == ["partition-0", "partition-1"]
+    text = hier("status", tmp_path).stdout
+    assert "partition-0" in text and "(running)" in text, text
+    m.wait4all(timeout=30)
+    assert finish(gov) == 0
+    stats = json.loads(hier("report", "stats", tmp_path, "--json").stdout)
+    assert stats["iterations"] == 8 and stats["iteration_states"] == {"SUCCEED": 6, "FAILED": 1, "OMITTED": 1}
+    assert stats["cores"] == 4 and stats["nodes"] == 2, stats
+    listed = hier("report", "jobs", tmp_path, "--node", "n1").stdout
+    assert "s:" in listed and "n0" not in listed.replace("n1", ""), listed
+    out = tmp_path / "g.svg"
+    assert hier("report", "gantt", tmp_path, "-o", out).returncode == 0 and out.stat().st_size > 0

@@ -62,6 +62,7 @@ class ParentLink:
         self.detached = False  # bye sent (or the governor is gone): nothing more goes up
         self.last_seen = time.monotonic()
         self.last_sent = 0.0
+        self.last_used = -1  # cores in use as last reported
         self._loop = None
         self._check_pending = False
         self._tasks = []
@@ -154,6 +155,10 @@ class ParentLink:
             self.outbox.append(["fin", self.fin])
             self.fin = []
         if self.outbox:
+            used = self.service.pool.used_cores
+            if used != self.last_used:  # the governor's live totals follow every change
+                self.last_used = used
+                self.outbox.append(["hb", used])
             frame = protocol.encode(self.outbox)
             self.outbox = []
             self.last_sent = time.monotonic()
@@ -166,7 +171,8 @@ class ParentLink:
             self._loop.call_soon(self._on_readable)
 
     def _send_heartbeat(self) -> None:
-        self.outbox.append(["hb", self.service.pool.used_cores])
+        self.last_used = self.service.pool.used_cores
+        self.outbox.append(["hb", self.last_used])
 
     # ----- coming down -----
     def _on_readable(self) -> None:
