@@ -148,3 +148,31 @@ def test_adopting_a_job_this_child_cannot_hold_raises():
     core = Scheduler(ResourcePool(nodes(2)))
     with pytest.raises(SubmitError):
         core.adopt(job("big", resources={"numCores": 4}), 0.0)
+
+
+def test_partitions_split_and_child_commands():
+    from types import SimpleNamespace
+
+    from qcg_hier.governor.partitions import ChildStarter, split
+
+    assert split(list(range(10)), 4) == [(0, 4), (4, 8), (8, 10)]
+    assert split(list(range(3)), 16) == [(0, 3)]
+    specs = nodes(4, 4, 4, 4, 4)
+    config = SimpleNamespace(wd="/w", log_level="info", report_format="json", auth="curve", nl_ready_threshold=1.0,
+                             nl_init_timeout=600, child_heartbeat=2.0, child_timeout=10.0, fake_launch=True,
+                             disable_nl=False, system_core=False, envschema="auto", net_bind=None,
+                             slurm_limit_nodes_range_begin=2)
+    local = ChildStarter(specs, 2, config, None, None, slurm=False)
+    assert local.count == 3
+    local.governor_address = "tcp://g:1"
+    argv = local.command(local.partitions["partition-2"])
+    assert argv[argv.index("--nodes") + 1] == "n4:4" and "--fake-launch" in argv
+    assert argv[argv.index("--parent") + 1] == "tcp://g:1" and argv[argv.index("--id") + 1] == "partition-2"
+    starter = ChildStarter(specs, 2, config, None, None, slurm=False)
+    starter.slurm = True
+    starter.flags = SimpleNamespace(overlap=["--overlap"], cpu_bind_none="--cpu-bind=none")
+    starter.governor_address = "tcp://g:1"
+    argv = starter.command(starter.partitions["partition-1"])
+    assert argv[:8] == ["srun", "--overlap", "-N", "1", "-n", "1", "-w", "n2"]
+    # the governor's own nodes begin at index 2 of the allocation: the child's range counts from there
+    assert argv[-4:] == ["--slurm-limit-nodes-range-begin", "4", "--slurm-limit-nodes-range-end", "6"]

@@ -92,9 +92,12 @@ class ChildStarter:
         if not self.slurm:
             return argv + ["--nodes", nodes_option(part.nodes)]
         first = part.nodes[0].name
+        # the child counts nodes in the whole allocation; the governor's own range may start later
+        offset = c.slurm_limit_nodes_range_begin or 0
         return (["srun", *self.flags.overlap, "-N", "1", "-n", "1", "-w", first, "-J", part.name,
                  "--kill-on-bad-exit=0", self.flags.cpu_bind_none, "-Q", "-D", c.wd] + argv
-                + ["--slurm-limit-nodes-range-begin", str(part.begin), "--slurm-limit-nodes-range-end", str(part.end)])
+                + ["--slurm-limit-nodes-range-begin", str(offset + part.begin),
+                   "--slurm-limit-nodes-range-end", str(offset + part.end)])
 
     def _start(self, part: Partition) -> None:
         env = dict(os.environ)
