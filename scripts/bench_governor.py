@@ -20,7 +20,11 @@ governor's "N children connected after X s: scheduling starts" line):
           reaped governor; the children are other processes), the governor's
           peak RSS (sampled every --sample s), and checks the governor's
           jobs.report (tasks + jobs lines, every iteration once, all SUCCEED)
-          and final_status.json (FinishedIterations == tasks).
+          and final_status.json (FinishedIterations == tasks); a child lost
+          or started again (the governor's service.log) or a process left
+          behind after the governor's exit counts as a problem too.  Log lines
+          that look wrong (governor, children, partition-*.log) are printed,
+          grouped by kind.
   real    --real-tasks (20,000) /bin/true tasks (--real-jobs jobs) through a
           governor over --real-nodes (2,2,2,2) with --real-partition-nodes (1)
           (4 local children), against ONE manager ``qcg-pm-service --nodes
@@ -189,7 +193,8 @@ class Outcome:
         return self.tasks / d if d > 0 else None
 
     def check(self) -> list[str]:
-        """Correctness problems ([] = all good)."""
+        """Correctness problems ([] = all good): exit status, stray processes, children lost
+        (the governor's log), final_status.json counts, jobs.report lines."""
         bad = []
         r = self.run
         if r.timed_out:
@@ -200,6 +205,9 @@ class Outcome:
             bad.append(f"exit {r.returncode}")
         if r.leftovers:
             bad.append(f"{r.leftovers} stray process(es)")
+        if self.lost or self.restarts:
+            # no fault is injected: a lost child is a malfunction even if the counts end right
+            bad.append(f"{self.lost} \"child lost\" / {self.restarts} \"starting child again\" log lines")
         if self.final is None:
             bad.append("no final_status.json")
         else:
@@ -555,6 +563,7 @@ class Bench:
         print(f"governor: {' '.join(self.governor)}")
         print(f"manager:  {' '.join(self.service)}")
         print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; started {time.strftime('%F %T')}")
+        print(f"package: {package_version()}")
         load = os.getloadavg()
         print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
               + ("  ! busy machine: rates and ratios are unreliable"
@@ -571,8 +580,31 @@ class Bench:
                 bl.sweep_orphans()
             print(flush=True)
         print(bl.verdict_table(self.verdicts))
+        print(f"package at the end: {package_version()}; ended {time.strftime('%F %T')}")
         for line in self.passfail:
             print(line)
+
+
+def package_version() -> str:
+    """Where qcg_hier is imported from and, in a git work tree, its commit (the
+    code under test may change while a long benchmark runs)."""
+    import subprocess
+    try:
+        import qcg_hier
+    except ImportError:
+        return "qcg_hier not importable"
+    where = os.path.dirname(os.path.abspath(qcg_hier.__file__))
+    desc = f"qcg_hier {getattr(qcg_hier, '__version__', '?')} from {where}"
+    try:
+        head = subprocess.run(["git", "-C", where, "log", "-1", "--format=%h %cd", "--date=format:%F %T"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        if head:
+            desc += f", git {head}" + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return desc
 
 
 def _indent(text: str, n: int) -> str:
