@@ -22,9 +22,11 @@ from .. import protocol
 from ..core.job import Outcome
 from ..core.nodespec import NodeSpec
 from ..core.states import JobState
+from ..launch.launcher import FRAMES_PER_TURN
 
 log = logging.getLogger("qcg_hier")
 CHILD_DOMAIN = "qcg-hier-children"
+
 FAILED_STATES = {JobState.FAILED.value, JobState.OMITTED.value}
 
 
@@ -102,6 +104,8 @@ class ChildLauncher:
         self._tasks = []
         self._started_at = time.monotonic()
         self._descriptions: dict = {}  # job name -> description sent to children
+        self._ended: list = []  # (tid, Outcome) reported in the current turn
+        self.stopping = False
 
     # ----- lifecycle -----
     async def start(self) -> None:
@@ -124,6 +128,7 @@ class ChildLauncher:
             self.starter.start_all(governor_address)
 
     async def stop(self) -> None:
+        self.stopping = True  # children exiting now are not lost, and are not started again
         for entry in self.children.values():
             if entry.connected:
                 entry.outbox.append(["exit"])
@@ -221,7 +226,10 @@ class ChildLauncher:
         if sock is None or sock.closed:
             return
         now = time.monotonic()
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        self._ended = []
+        for _ in range(FRAMES_PER_TURN):
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                break
             try:
                 ident, frame = sock.recv_multipart(zmq.NOBLOCK)
             except (zmq.Again, ValueError):
@@ -239,6 +247,12 @@ class ChildLauncher:
                 continue
             for msg in messages:
                 self._dispatch(entry, msg)
+        else:
+            self._check_pending = True  # more may wait: the next turn goes on
+            self._loop.call_soon(self._on_readable)
+        if self._ended:  # one scheduling pass for everything that ended in this turn
+            ended, self._ended = self._ended, []
+            self.cb.on_finished(ended)
         self.flush()
 
     def _dispatch(self, entry: ChildEntry, msg: list) -> None:
@@ -262,7 +276,7 @@ class ChildLauncher:
 
     def _finished(self, entry: ChildEntry, reports: list) -> None:
         find = self.service.running_task
-        finished = []
+        finished = self._ended
         for name, it, state, rc, pid, pname, start, end, cpu, maxrss, where, error, wd in reports:
             task = find(name, it)
             if task is None or task.alloc.child.name != entry.name:
@@ -272,8 +286,6 @@ class ChildLauncher:
             if state in FAILED_STATES and not error and rc == 0:
                 error = state.lower()
             finished.append((task.tid, Outcome(rc, pid, pname, start, end, cpu, maxrss, reason, error, wd)))
-        if finished:
-            self.cb.on_finished(finished)
 
     def _bye(self, entry: ChildEntry, how: str) -> None:
         entry.connected = False
@@ -296,8 +308,10 @@ class ChildLauncher:
     # ----- failures -----
     async def _watch(self) -> None:
         s = self.settings
-        while True:
+        while not self.stopping:
             await asyncio.sleep(min(s.heartbeat, 0.5))
+            if self.stopping:
+                return
             now = time.monotonic()
             if not self.ready and self.starter is not None and now - self._started_at > s.register_timeout:
                 up = sum(1 for e in self.children.values() if e.connected)

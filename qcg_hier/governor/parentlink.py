@@ -24,6 +24,7 @@ from ..core.errors import CoreError, SubmitError
 from ..core.jobdesc import parse_job
 from ..core.states import JobState
 from ..service.servicedir import PARENT_FILE
+from ..launch.launcher import FRAMES_PER_TURN
 from .childlink import LinkSettings
 
 log = logging.getLogger("qcg_hier")
@@ -181,7 +182,9 @@ class ParentLink:
         if sock is None or sock.closed:
             return
         got = False
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        for _ in range(FRAMES_PER_TURN):
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                break
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -195,6 +198,9 @@ class ParentLink:
             for msg in messages:
                 self._dispatch(msg)
             got = True
+        else:
+            self._check_pending = True  # more may wait: the next turn goes on
+            self._loop.call_soon(self._on_readable)
         if got:
             self.service.kick()
 

@@ -23,6 +23,7 @@ from .taskspec import TaskContext, build, program_name
 
 log = logging.getLogger("qcg_hier")
 AGENT_DOMAIN = "qcg-hier-agents"
+FRAMES_PER_TURN = 64  # frames handled per turn of the event loop (an endless drain starves timers)
 
 
 @dataclass
@@ -215,7 +216,9 @@ class AgentLauncher:
             return
         finished = []
         now = time.monotonic()
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        for _ in range(FRAMES_PER_TURN):
+            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                break
             try:
                 ident, frame = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -238,6 +241,9 @@ class AgentLauncher:
                     self._agent_ready(agent, msg[1])
                 elif kind == "bye":
                     agent.alive = False
+        else:
+            self._check_pending = True  # busy agents keep the socket full: go on in the next turn,
+            self._loop.call_soon(self._on_readable)  # after timers and requests
         if finished:
             self.cb.on_finished(finished)
 
