@@ -6,6 +6,13 @@
   manager -> agent: ["env", {...}], ["run", tid, spec], ["cancel", tid, grace], ["ping", x], ["exit"]
   agent -> manager: ["ready", {...}], ["done", tid, pid, rc, start, end, cpu, maxrss_kb, reason, error],
                     ["pong", x], ["hb", t], ["bye", node]
+* Governor <-> child (qcg_hier/governor/): the same framing.
+  governor -> child: ["job", description], ["give", name, [[a, b), ...]], ["cancel", name, [its]],
+                     ["forget", name], ["hb"], ["exit", why]
+  child -> governor: ["hello"], ["exe", {name: [its]}], ["fin", [[name, it, state, rc, pid, pname, start,
+                     end, cpu, maxrss_kb, where, error, wd], ...]], ["hb", used cores],
+                     ["back", {name: [its]}], ["bye", how]
+  (a child first registers with upstream's `register` request at the governor's address)
 """
 import orjson
 

@@ -56,7 +56,7 @@ class ParentLink:
         self.credentials = None
         self.sock = None
         self.outbox: list = []
-        self.exe: list = []
+        self.exe: dict = {}  # job name -> iterations started since the last frame
         self.fin: list = []
         self.refused: dict = {}  # job name -> why this child cannot run it
         self.leaving = False
@@ -128,7 +128,13 @@ class ParentLink:
     # ----- going up -----
     def started(self, tasks) -> None:
         if not self.detached:
-            self.exe.extend([t.job.name, t.it] for t in tasks)
+            exe = self.exe
+            for t in tasks:
+                its = exe.get(t.job.name)
+                if its is None:
+                    exe[t.job.name] = [t.it]
+                else:
+                    its.append(t.it)
 
     def forward(self, events) -> None:
         """Iteration ends (and plain jobs' ends) go to the governor."""
@@ -151,7 +157,7 @@ class ParentLink:
             return
         if self.exe:
             self.outbox.append(["exe", self.exe])
-            self.exe = []
+            self.exe = {}
         if self.fin:
             self.outbox.append(["fin", self.fin])
             self.fin = []

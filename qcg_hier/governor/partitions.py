@@ -77,7 +77,9 @@ class ChildStarter:
     def command(self, part: Partition) -> list[str]:
         c = self.config
         argv = [sys.executable, "-m", "qcg_hier.cli", "--parent", self.governor_address, "--id", part.name,
-                "--wd", c.wd, "--log", c.log_level, "--report-format", c.report_format,
+                # the governor's jobs.report covers the campaign (with each task's child): the children
+                # write none, which saves them a line per task
+                "--wd", c.wd, "--log", c.log_level, "--report-format", "none",
                 "--auth", c.auth, "--nl-ready-threshold", str(c.nl_ready_threshold),
                 "--nl-init-timeout", str(c.nl_init_timeout),
                 "--child-heartbeat", str(c.child_heartbeat), "--child-timeout", str(c.child_timeout)]

@@ -117,9 +117,14 @@ class GovernorService(ManagerService):
         job = self.core.jobs.get(name)
         return job.running.get(it) if job is not None else None
 
-    def child_executing(self, pairs: list) -> None:
-        find = self.running_task
-        tasks = [t for t in (find(name, it) for name, it in pairs) if t is not None]
+    def child_executing(self, started: dict) -> None:
+        """{job name: [iterations]} a child has started."""
+        tasks = []
+        for name, its in started.items():
+            job = self.core.jobs.get(name)
+            if job is not None:
+                running = job.running
+                tasks += [t for t in map(running.get, its) if t is not None]
         if tasks:
             self.core.executing(tasks, time.time())
             self._process_events()

@@ -404,9 +404,9 @@ class ManagerService:
         record = self.journal.finished
         for event in events:
             if event[0] == "it" and event[3].is_final:
-                record(event[1].name, event[2], event[3].value)
+                record(event[1].name, event[2], event[3]._value_)  # not .value: a property, per task
             elif event[0] == "job" and event[2].is_final and not event[1].iterative and event[1].records:
-                record(event[1].name, event[1].start, event[2].value)
+                record(event[1].name, event[1].start, event[2]._value_)
         self.journal.flush()
 
     def replay(self, records: list) -> int:

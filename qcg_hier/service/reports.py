@@ -18,12 +18,12 @@ def iso(t: float) -> str:
 
 
 def _history(history) -> list:
-    # orjson writes a str Enum as its value: no per-entry .value lookups
-    return [{"state": state, "date": iso(t)} for state, t in history]
+    # `_value_` is a plain attribute (`.value` is a property, and orjson reads it per entry)
+    return [{"state": state._value_, "date": iso(t)} for state, t in history]
 
 
 def iteration_entry(job: Job, it: int, state, record: Record | None) -> dict:
-    entry = {"name": f"{job.name}:{it}", "state": state,
+    entry = {"name": f"{job.name}:{it}", "state": state._value_,
              "history": _history(record.history) if record else [],
              "runtime": record.runtime() if record else {}}
     if record is not None and record.message:
@@ -33,7 +33,7 @@ def iteration_entry(job: Job, it: int, state, record: Record | None) -> dict:
 
 def job_entry(job: Job) -> dict:
     record = job.records.get(job.start) if (job.records and not job.iterative) else None
-    entry = {"name": job.name, "state": job.state, "history": _history(job.history),
+    entry = {"name": job.name, "state": job.state._value_, "history": _history(job.history),
              "runtime": record.runtime() if record else {}}
     spec = job.spec.to_dict()
     entry["execution"] = spec["execution"]
@@ -48,8 +48,8 @@ def job_entry(job: Job) -> dict:
 
 
 def _text(entry: dict) -> str:
-    lines = [f"{entry['name']} ({entry['state'].value})" + (f" {entry['messages']}" if entry.get("messages") else "")]
-    lines += [f"\t{h['date']}: {h['state'].value}" for h in entry["history"]]
+    lines = [f"{entry['name']} ({entry['state']})" + (f" {entry['messages']}" if entry.get("messages") else "")]
+    lines += [f"\t{h['date']}: {h['state']}" for h in entry["history"]]
     lines += [f"\t{k}: {v}" for k, v in entry["runtime"].items()]
     return "\n".join(lines) + "\n"
 
