@@ -51,6 +51,7 @@ class Scheduler:
         self._bucket_added = False  # set by _enqueue when it makes a bucket (schedule() rescans)
         # off while a governor replays its journal: its children have not joined yet
         self.check_fit = True
+        self.max_starts = 1 << 62  # per schedule() call: a governor hands out work in slices
 
     # ================================================================ submit
     def submit(self, specs: list, now: float) -> list[str]:
@@ -276,7 +277,8 @@ class Scheduler:
         started: list[Task] = []
         pool = self.pool
         blocked = set()
-        while pool.free_cores > 0 and self._buckets:
+        limit = self.max_starts
+        while pool.free_cores > 0 and self._buckets and len(started) < limit:
             best = oldest = None
             self._bucket_added = False
             for req, heap in list(self._buckets.items()):
@@ -317,7 +319,8 @@ class Scheduler:
         req = job.queued_under
         pool = self.pool
         count = 0
-        while pool.free_cores > 0:
+        room = self.max_starts - len(started)
+        while pool.free_cores > 0 and count < room:
             nxt = job.peek()
             if nxt is None or nxt[1] is not req:
                 break

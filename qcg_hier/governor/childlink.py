@@ -27,6 +27,7 @@ from ..launch.launcher import FRAMES_PER_TURN
 log = logging.getLogger("qcg_hier")
 CHILD_DOMAIN = "qcg-hier-children"
 
+ENDS_PER_TURN = 8192  # task ends handled per turn of the loop (then timers and requests get a turn)
 FAILED_STATES = {JobState.FAILED.value, JobState.OMITTED.value}
 
 
@@ -229,6 +230,10 @@ class ChildLauncher:
         self._ended = []
         for _ in range(FRAMES_PER_TURN):
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                break
+            if len(self._ended) >= ENDS_PER_TURN:
+                self._check_pending = True  # a big child's frames hold thousands of ends each
+                self._loop.call_soon(self._on_readable)
                 break
             try:
                 ident, frame = sock.recv_multipart(zmq.NOBLOCK)

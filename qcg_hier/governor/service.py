@@ -20,6 +20,9 @@ from ..service.zmqinterface import advertised_host
 from .childlink import ChildLauncher, LinkSettings
 
 log = logging.getLogger("qcg_hier")
+# iterations handed out per scheduling pass: a 128,000-core campaign would otherwise hand out a
+# quarter of a million in one go, seconds without a heartbeat
+DISPATCH_SLICE = 8192
 
 
 class GovernorService(ManagerService):
@@ -28,6 +31,7 @@ class GovernorService(ManagerService):
         super().__init__(config, nodes, service_dir, instance_id)
         self.fake = False  # --fake-launch is passed down: the children fake, the governor dispatches
         self.executing_on_launch = False
+        self.core.max_starts = DISPATCH_SLICE
         self._waiting_submits: list = []  # (request, future) held until the governor's own children joined
         self.core.emit_progress = False
 

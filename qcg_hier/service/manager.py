@@ -321,6 +321,8 @@ class ManagerService:
         now = time.time()
         core = self.core
         started = core.schedule(now)
+        if len(started) >= core.max_starts:
+            self._kick()  # a slice of the work: the rest after a turn of the loop (heartbeats, requests)
         if started:
             if self.journal is not None:
                 record = self.journal.started
