@@ -198,6 +198,7 @@ class ChildLauncher:
 
     def flush(self) -> None:
         now = time.monotonic()
+        sent = False
         for entry in self.children.values():
             if entry.gives:
                 entry.outbox.extend(["give", name, ranges(its)] for name, its in entry.gives.items())
@@ -210,7 +211,8 @@ class ChildLauncher:
                 entry.outbox = []
                 entry.last_sent = now
                 self._send(entry.identity, frame)
-        if not self._check_pending and self._loop is not None:
+                sent = True
+        if sent and not self._check_pending and self._loop is not None:
             self._check_pending = True  # edge-triggered descriptor: look for input after a send
             self._loop.call_soon(self._on_readable)
 
