@@ -50,7 +50,6 @@ import re
 import statistics
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -564,21 +563,8 @@ class Bench:
         print(f"manager:  {' '.join(self.service)}")
         print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; started {time.strftime('%F %T')}")
         print(f"package: {package_version()}")
-        load = os.getloadavg()
-        print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-              + ("  ! busy machine: rates and ratios are unreliable"
-                 if load[0] > 0.5 * (os.cpu_count() or 1) else ""))
-        print(flush=True)
-        for name in cases:
-            try:
-                getattr(self, f"case_{name}")()
-            except Exception as exc:  # a failing case must not stop the rest
-                traceback.print_exc()
-                self.record(bl.Verdict(name, None, "", "", None, False, f"error: {exc!r}"))
-                self.passfail.append(f"{name}: FAIL (error: {exc!r})")
-            finally:
-                bl.sweep_orphans()
-            print(flush=True)
+        bl.print_load()
+        bl.run_cases(self, cases, lambda name, exc: self.passfail.append(f"{name}: FAIL (error: {exc!r})"))
         print(bl.verdict_table(self.verdicts))
         print(f"package at the end: {package_version()}; ended {time.strftime('%F %T')}")
         for line in self.passfail:
@@ -655,18 +641,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     cases = CASES if args.case == "all" else [args.case]
-    try:
-        bench = Bench(args)
-    except FileNotFoundError as exc:
-        print(f"cannot run: {exc}", file=sys.stderr)
-        return 0
-    try:
-        bench.main(cases)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-    finally:
-        bl.sweep_orphans()
-    return 0
+    return bl.run_bench(Bench, args, cases)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import os
 import statistics
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -252,19 +251,8 @@ class Bench:
         print(f"service: {' '.join(self.service)}  (--fake-launch: {'yes' if self.fake else 'no'})")
         print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}; "
               f"{'quick' if self.args.quick else 'full'} sizes; started {time.strftime('%F %T')}")
-        load = os.getloadavg()
-        print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
-              + ("  ! busy machine: rates and ratios are unreliable (try --raw-each)"
-                 if load[0] > 0.5 * (os.cpu_count() or 1) else ""))
-        print(flush=True)
-        for name in cases:
-            try:
-                getattr(self, f"case_{name}")()
-            except Exception as exc:  # a failing case must not stop the rest
-                traceback.print_exc()
-                self.record(bl.Verdict(name, None, "", "", None, False, f"error: {exc!r}"))
-            finally:
-                bl.sweep_orphans()
+        bl.print_load(" (try --raw-each)")
+        bl.run_cases(self, cases)
         print()
         print(bl.verdict_table(self.verdicts))
 
@@ -332,18 +320,7 @@ def main(argv=None) -> int:
             print(f"unknown case(s): {', '.join(bad)}; known: {', '.join(CASES)}", file=sys.stderr)
             return 2
         cases = [lower[c.lower()] for c in wanted]
-    try:
-        bench = Bench(args)
-    except FileNotFoundError as exc:
-        print(f"cannot run: {exc}", file=sys.stderr)
-        return 0
-    try:
-        bench.main(cases)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-    finally:
-        bl.sweep_orphans()
-    return 0
+    return bl.run_bench(Bench, args, cases)
 
 
 if __name__ == "__main__":

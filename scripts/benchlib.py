@@ -759,3 +759,44 @@ def verdict_table(verdicts: Sequence[Verdict]) -> str:
 
 def eprint(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
+
+
+def run_bench(make_bench, args, cases) -> int:
+    """Build a benchmark (a missing service command is reported, not raised), run its cases, and
+    sweep up whatever it left running, even when interrupted."""
+    try:
+        bench = make_bench(args)
+    except FileNotFoundError as exc:
+        print(f"cannot run: {exc}", file=sys.stderr)
+        return 0
+    try:
+        bench.main(cases)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        sweep_orphans()
+    return 0
+
+
+def print_load(hint: str = "") -> None:
+    load = os.getloadavg()
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+          + (f"  ! busy machine: rates and ratios are unreliable{hint}"
+             if load[0] > 0.5 * (os.cpu_count() or 1) else ""))
+    print(flush=True)
+
+
+def run_cases(bench, cases, on_error=None) -> None:
+    """Each case runs even when an earlier one failed; what a case left running is swept up."""
+    import traceback
+    for name in cases:
+        try:
+            getattr(bench, f"case_{name}")()
+        except Exception as exc:  # a failing case must not stop the rest
+            traceback.print_exc()
+            bench.record(Verdict(name, None, "", "", None, False, f"error: {exc!r}"))
+            if on_error is not None:
+                on_error(name, exc)
+        finally:
+            sweep_orphans()
+            print(flush=True)

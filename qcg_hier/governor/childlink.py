@@ -23,6 +23,7 @@ from ..core.job import Outcome
 from ..core.nodespec import NodeSpec
 from ..core.states import JobState
 from ..launch.launcher import FRAMES_PER_TURN
+from ..service.journal import to_ranges
 
 log = logging.getLogger("qcg_hier")
 CHILD_DOMAIN = "qcg-hier-children"
@@ -57,17 +58,6 @@ class ChildEntry:
         self.address = address  # the child's own request address
         self.jobs_sent: set = set()
         self.leaving = False
-
-
-def ranges(iterations: list) -> list:
-    """Sorted iteration numbers as [[a, b), ...] runs."""
-    out = []
-    for it in sorted(iterations):
-        if out and out[-1][1] == it:
-            out[-1][1] = it + 1
-        else:
-            out.append([it, it + 1])
-    return out
 
 
 def node_specs(resources: dict) -> list[NodeSpec]:
@@ -201,7 +191,7 @@ class ChildLauncher:
         sent = False
         for entry in self.children.values():
             if entry.gives:
-                entry.outbox.extend(["give", name, ranges(its)] for name, its in entry.gives.items())
+                entry.outbox.extend(["give", name, to_ranges(its)] for name, its in entry.gives.items())
                 entry.gives = {}
             if entry.cancels:
                 entry.outbox.extend(["cancel", name, its] for name, its in entry.cancels.items())
