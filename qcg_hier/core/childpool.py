@@ -26,7 +26,7 @@ class Child:
     """One attached child manager."""
 
     __slots__ = ("index", "name", "tags", "tagset", "specs", "shape", "total", "max_node_cores", "limit",
-                 "outstanding", "alive", "ready", "used")
+                 "outstanding", "alive", "ready", "used", "claims")
 
     def __init__(self, index: int, name: str):
         self.index = index
@@ -35,6 +35,7 @@ class Child:
         self.alive = True
         self.ready = False
         self.used = 0  # cores in use, as the child last reported
+        self.claims: dict = {}  # cores -> the ChildAlloc every task of that size on this child shares
 
     def describe_resources(self, specs: list, tags: tuple, prefetch: float) -> None:
         self.specs = list(specs)
@@ -61,14 +62,14 @@ class Child:
 
 
 class ChildAlloc:
-    """Iteration(s) handed to a child: which child, how many cores, and where it ran (told later)."""
+    """A claim of `cores` on a child. Immutable and shared by all such claims (no object per task);
+    where a task ran, the child tells with its end (`Outcome.where`)."""
 
-    __slots__ = ("child", "cores", "where")
+    __slots__ = ("child", "cores")
 
     def __init__(self, child: Child, cores: int):
         self.child = child
         self.cores = cores
-        self.where = ""
 
     @property
     def shares(self) -> tuple:
@@ -83,8 +84,8 @@ class ChildAlloc:
         return self.child.name
 
     def describe(self) -> str:
-        """The child's own allocation text (`n3[0:1]`, upstream's form), once the child told it."""
-        return self.where
+        """Nothing while the task waits or runs in the child (upstream's clients parse the text)."""
+        return ""
 
 
 class ChildPool:
@@ -198,7 +199,10 @@ class ChildPool:
         child.outstanding += cores
         self.free_cores -= cores  # room was at least `cores`
         self.idle_cores -= idle - child.idle
-        return ChildAlloc(child, cores)
+        claim = child.claims.get(cores)
+        if claim is None:
+            claim = child.claims[cores] = ChildAlloc(child, cores)
+        return claim
 
     def _best(self, req, measure: str) -> Child | None:
         best, most = None, 0

@@ -17,13 +17,14 @@ NO_COUNTS = (0,) * len(STATE_CODES)
 class Outcome:
     """What the launch layer reports about one finished task."""
 
-    __slots__ = ("rc", "pid", "pname", "start", "end", "cpu", "maxrss_kb", "reason", "error", "wd")
+    __slots__ = ("rc", "pid", "pname", "start", "end", "cpu", "maxrss_kb", "reason", "error", "wd", "where")
 
     def __init__(self, rc=0, pid=0, pname="", start=0.0, end=0.0, cpu=0.0, maxrss_kb=0, reason=None,
-                 error=None, wd=""):
+                 error=None, wd="", where=""):
         self.rc, self.pid, self.pname = rc, pid, pname
         self.start, self.end, self.cpu, self.maxrss_kb = start, end, cpu, maxrss_kb
         self.reason, self.error, self.wd = reason, error, wd
+        self.where = where  # under a governor: the allocation text the child reported
 
 
 class Record:
@@ -41,6 +42,9 @@ class Record:
 
     @property
     def allocation(self) -> str:
+        o = self.outcome
+        if o is not None and o.where:
+            return o.where
         return self.alloc.describe() if self.alloc is not None else ""
 
     @property

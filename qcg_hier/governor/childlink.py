@@ -278,11 +278,10 @@ class ChildLauncher:
             task = find(name, it)
             if task is None or task.alloc.child.name != entry.name:
                 continue  # re-queued meanwhile (the child was lost): the new run counts
-            task.alloc.where = where
             reason = "canceled" if state == "CANCELED" else None
             if state in FAILED_STATES and not error and rc == 0:
                 error = state.lower()
-            finished.append((task.tid, Outcome(rc, pid, pname, start, end, cpu, maxrss, reason, error, wd)))
+            finished.append((task.tid, Outcome(rc, pid, pname, start, end, cpu, maxrss, reason, error, wd, where)))
 
     def _bye(self, entry: ChildEntry, how: str) -> None:
         entry.connected = False

@@ -386,6 +386,12 @@ class ManagerService:
             self._journal_ends(events)
         if self.parent_link is not None:
             self.parent_link.forward(events)
+        if self.report.enabled:
+            self._report(events)
+        if self.publisher is not None:
+            self._publish(events)
+
+    def _report(self, events) -> None:
         report = self.report
         for event in events:
             kind = event[0]
@@ -398,8 +404,6 @@ class ManagerService:
                 if state.is_final:
                     report.add(reports.job_entry(job))
         report.flush()  # one write per pass: what a crash loses is only what the journal re-runs
-        if self.publisher is not None:
-            self._publish(events)
 
     def _journal_ends(self, events) -> None:
         """Task ends reach the journal before jobs.report and the publisher."""

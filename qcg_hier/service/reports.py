@@ -64,6 +64,11 @@ class ReportWriter:
         self._buffer: list[bytes] = []
         self._file = open(path, "ab") if fmt != "none" else None
 
+    @property
+    def enabled(self) -> bool:
+        """False with `--report-format none`: entries need not even be built."""
+        return self._file is not None
+
     def add(self, entry: dict) -> None:
         if self._file is None:
             return
