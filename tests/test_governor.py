@@ -22,9 +22,10 @@ def start_governor(wd: Path, nodes: str | None = None, per: int | None = None, a
     return start_net_service(wd, auth="curve", nodes=nodes, args=extra + list(args), instance_id=instance_id)
 
 
-def start_child(wd: Path, governor: NetService, instance_id: str, nodes: str, args=()) -> NetService:
-    """A child started by hand; it finds the governor's address and keys in its service directory."""
-    argv = service_command() + ["--parent", str(governor.sdir), "--id", instance_id, "--nodes", nodes,
+def start_child(wd: Path, governor: NetService, instance_id: str, nodes: str, args=(), parent=None) -> NetService:
+    """A child started by hand; it finds the governor's address and keys in its service directory
+    (or in `parent`, e.g. the working directory it shares with the governor)."""
+    argv = service_command() + ["--parent", str(parent or governor.sdir), "--id", instance_id, "--nodes", nodes,
                                 "--wd", str(wd)] + [str(a) for a in args]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=clean_env(), cwd=wd, start_new_session=True)
@@ -218,7 +219,8 @@ def test_a_child_leaves_gracefully_and_its_queued_work_returns(tmp_path, service
     gov = start_governor(tmp_path)
     services.append(gov)
     stay = start_child(tmp_path, gov, "stay", "2")
-    leave = start_child(tmp_path, gov, "leave", "2")
+    # the working directory it shares with the governor and the other child: it finds the governor
+    leave = start_child(tmp_path, gov, "leave", "2", parent=tmp_path)
     services += [stay, leave]
     m = manager(gov)
     m.submit(Jobs().add(name="w", exec="/bin/sleep", args=["0.3"], iteration=24))

@@ -46,18 +46,21 @@ class Child:
         self.max_node_cores = max((s.cores for s in self.specs), default=0)
         self.limit = math.ceil(self.total * prefetch)
 
+    # (conditional expressions, not max(): these run several times per task handed out)
     @property
     def room(self) -> int:
-        return max(0, self.limit - self.outstanding)
+        room = self.limit - self.outstanding
+        return room if room > 0 else 0
 
     @property
     def idle(self) -> int:
-        return max(0, self.total - self.outstanding)
+        idle = self.total - self.outstanding
+        return idle if idle > 0 else 0
 
     def need(self, req) -> int:
         """Cores one task of `req` takes from this child's capacity (the minimum it asks for)."""
         if req.nodes_min is None:
-            return max(req.cores_min, 1)
+            return req.cores_min if req.cores_min > 1 else 1
         return req.nodes_min * (req.cores_min or self.max_node_cores)
 
 
@@ -187,14 +190,20 @@ class ChildPool:
     # ----- handing out -----
     def allocate(self, req) -> ChildAlloc | None:
         child = self._current.get(req)
-        if child is None or not child.ready or child.room < child.need(req) or (
-                child.idle < child.need(req) and self.idle_cores > 0):
+        if child is not None and child.ready:
+            cores = child.need(req)
+            left = child.total - child.outstanding  # idle cores of the current child
+            if (left < cores and self.idle_cores > 0) or child.limit - child.outstanding < cores:
+                child = None
+        else:
+            child = None
+        if child is None:
             child = self._best(req, "idle") if self.idle_cores > 0 else None
             child = child or self._best(req, "room")
             if child is None:
                 return None
             self._current[req] = child
-        cores = child.need(req)
+            cores = child.need(req)
         idle = child.idle
         child.outstanding += cores
         self.free_cores -= cores  # room was at least `cores`

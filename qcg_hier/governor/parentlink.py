@@ -14,6 +14,7 @@ import asyncio
 import logging
 import socket
 import time
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
@@ -23,7 +24,8 @@ from ..api.manager import resolve_address
 from ..core.errors import CoreError, SubmitError
 from ..core.jobdesc import parse_job
 from ..core.states import JobState
-from ..service.servicedir import PARENT_FILE
+from ..auth import Credentials
+from ..service.servicedir import PARENT_FILE, find_service_dirs
 from ..launch.launcher import FRAMES_PER_TURN
 from .childlink import LinkSettings
 
@@ -70,8 +72,10 @@ class ParentLink:
 
     # ----- joining -----
     async def start(self) -> None:
+        # marked a child before it can be found: a governor and its children often share a directory
+        (self.service.service_dir / PARENT_FILE).write_text(self.parent)
         try:
-            self.address, self.credentials = resolve_address(self.parent)
+            self.address, self.credentials = self._resolve()
         except Exception as exc:
             raise ParentLinkError(f"--parent {self.parent}: {exc}") from None
         reply = await self._register()
@@ -91,6 +95,20 @@ class ParentLink:
         self._tasks.append(asyncio.ensure_future(self._watch()))
         (self.service.service_dir / PARENT_FILE).write_text(self.address)
         log.info("registered with governor %s as %s", self.address, data["id"])
+
+    def _resolve(self) -> tuple:
+        """The governor's address and keys: from an address (keys from the environment), or from the
+        service directories under a directory, never this child's own nor another child's."""
+        path = Path(self.parent)
+        if "://" in self.parent or not path.is_dir():
+            return resolve_address(self.parent)
+        for sdir in find_service_dirs(path):
+            if sdir.resolve() == self.service.service_dir.resolve() or (sdir / PARENT_FILE).exists():
+                continue
+            if (sdir / "address").exists():
+                return (sdir / "address").read_text().strip(), Credentials.load(sdir)
+        raise ParentLinkError("no running governor found there (no address file in a service directory "
+                              "that is not a child's)")
 
     async def _register(self) -> dict:
         s = self.service

@@ -5,16 +5,18 @@ import orjson
 
 from ..core.job import Job, Record
 
-_second = [None, ""]  # the last whole second formatted, and its text
+_seconds: dict = {}  # whole second -> its text: a report line's dates span a few seconds at most
 
 
 def iso(t: float) -> str:
-    """Local ISO date with microseconds, as upstream; the seconds part is formatted once per second."""
+    """Local ISO date with microseconds, as upstream; each second is formatted once."""
     sec = int(t)
-    if _second[0] != sec:
-        _second[0] = sec
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sec))
-    return f"{_second[1]}.{int((t - sec) * 1e6):06d}"
+    text = _seconds.get(sec)
+    if text is None:
+        if len(_seconds) > 4096:
+            _seconds.clear()
+        text = _seconds[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(sec))
+    return f"{text}.{int((t - sec) * 1e6):06d}"
 
 
 def _history(history) -> list:
