@@ -97,6 +97,7 @@ class ChildLauncher:
         self._descriptions: dict = {}  # job name -> description sent to children
         self._ended: list = []  # (tid, Outcome) reported in the current turn
         self.stopping = False
+        self._flush_pending = False
 
     # ----- lifecycle -----
     async def start(self) -> None:
@@ -175,7 +176,13 @@ class ChildLauncher:
         entry = self.children.get(task.alloc.child.name)
         if entry is not None and entry.connected:
             entry.cancels.setdefault(task.job.name, []).append(task.it)
-            self.flush()
+            if not self._flush_pending and self._loop is not None:
+                self._flush_pending = True  # cancelling a big job: one frame per child, not per task
+                self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_pending = False
+        self.flush()
 
     def forget(self, name: str) -> None:
         """A job was removed at the governor: children drop their copy (its name may come back)."""
