@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import zmq
+import zmq.asyncio
 
 from .. import protocol
 from ..core.job import Outcome
