@@ -283,8 +283,10 @@ def test_a_child_of_a_dead_governor_kills_its_tasks_and_exits(tmp_path, services
     m = manager(gov)
     m.submit(Jobs().add(name="sleepy", exec="/bin/sleep", args=["60"], iteration=2))
     assert wait_for(lambda: m.resources()["used_cores"] == 2, 20)
-    sleepers = [p for p in psutil.Process(child.proc.pid).children(recursive=True) if p.name() == "sleep"]
-    assert len(sleepers) == 2
+    def sleepers_now():
+        return [p for p in psutil.Process(child.proc.pid).children(recursive=True) if p.name() == "sleep"]
+    assert wait_for(lambda: len(sleepers_now()) == 2, 10), "the child's two tasks never showed"
+    sleepers = sleepers_now()
     kill_tree_only(gov.proc.pid)
     assert child.proc.wait(30) == 1
     assert "the governor has been silent" in child.log_text

@@ -17,13 +17,12 @@ import time
 from dataclasses import dataclass
 
 import zmq
-import zmq.asyncio
 
 from .. import protocol
 from ..core.job import Outcome
 from ..core.nodespec import NodeSpec
 from ..core.states import JobState
-from ..launch.launcher import FRAMES_PER_TURN
+from ..launch.launcher import FRAMES_PER_TURN, open_link
 from ..service.journal import to_ranges
 
 log = logging.getLogger("qcg_hier")
@@ -102,16 +101,9 @@ class ChildLauncher:
 
     # ----- lifecycle -----
     async def start(self) -> None:
-        self._sock = zmq.Socket(zmq.asyncio.Context.instance(), zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        if self.credentials is not None:
-            self.credentials.secure_server(self._sock, CHILD_DOMAIN)
-            self.zap.allow(CHILD_DOMAIN, self.credentials.client_public)
-        port = self._sock.bind_to_random_port(f"tcp://{self.bind_host}")
-        self.address = f"tcp://{self.advertise_host}:{port}"
+        self._sock, self.address = open_link(self.credentials, self.zap, CHILD_DOMAIN, self.bind_host,
+                                             self.advertise_host, self._on_readable)
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._sock.getsockopt(zmq.FD), self._on_readable)
         self._tasks.append(asyncio.ensure_future(self._watch()))
 
     def start_children(self, governor_address: str) -> None:

@@ -93,6 +93,23 @@ class LocalAgents:
         return self.process.poll() if self.process else None
 
 
+def open_link(credentials, zap, domain: str, bind_host: str, advertise_host: str, on_readable) -> tuple:
+    """A ROUTER socket for many peers (agents, or a governor's children), CURVE-secured when there are
+    credentials, on a random port; returns (socket, advertised address).
+
+    A plain socket read by a loop reader: every frame waiting is drained in one callback (no future
+    per frame), so task ends turn into new starts with the least delay."""
+    sock = zmq.Socket(zmq.asyncio.Context.instance(), zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    if credentials is not None:
+        credentials.secure_server(sock, domain)
+        zap.allow(domain, credentials.client_public)
+    port = sock.bind_to_random_port(f"tcp://{bind_host}")
+    asyncio.get_running_loop().add_reader(sock.getsockopt(zmq.FD), on_readable)
+    return sock, f"tcp://{advertise_host}:{port}"
+
+
 class AgentLauncher:
     """Tasks go to node agents over one CURVE-secured ROUTER socket: batched frames, heartbeats."""
 
@@ -123,18 +140,9 @@ class AgentLauncher:
 
     # ----- lifecycle -----
     async def start(self) -> None:
-        # a plain socket read by a loop reader: every frame waiting is drained in one callback
-        # (no future per frame), so task ends turn into new starts with the least delay
-        self._sock = zmq.Socket(self._zctx, zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        if self.credentials is not None:
-            self.credentials.secure_server(self._sock, AGENT_DOMAIN)
-            self.zap.allow(AGENT_DOMAIN, self.credentials.client_public)
-        port = self._sock.bind_to_random_port(f"tcp://{self.bind_host}")
-        self.address = f"tcp://{self.advertise_host}:{port}"
+        self._sock, self.address = open_link(self.credentials, self.zap, AGENT_DOMAIN, self.bind_host,
+                                             self.advertise_host, self._on_readable)
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._sock.getsockopt(zmq.FD), self._on_readable)
         self._tasks.append(asyncio.ensure_future(self._watch()))
         self._started_at = time.monotonic()
         self.starter.start(self._agent_argv())
