@@ -33,7 +33,6 @@ class GovernorService(ManagerService):
         self.executing_on_launch = False
         self.core.max_starts = DISPATCH_SLICE
         self._waiting_submits: list = []  # (request, future) held until the governor's own children joined
-        self.core.emit_progress = False
 
     def _make_pool(self, nodes):
         return ChildPool()
