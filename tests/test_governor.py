@@ -240,6 +240,32 @@ def test_a_child_leaves_gracefully_and_its_queued_work_returns(tmp_path, service
     assert returned, "no iteration was handed back by the leaving child"
 
 
+def test_a_child_that_stops_answering_is_lost_within_the_timeout_and_told_to_exit(tmp_path, services):
+    fast = ["--child-heartbeat", "0.3", "--child-timeout", "2"]
+    gov = start_governor(tmp_path, args=fast)
+    services.append(gov)
+    healthy = start_child(tmp_path, gov, "healthy", "2", fast)
+    stuck = start_child(tmp_path, gov, "stuck", "2", fast)
+    services += [healthy, stuck]
+    m = manager(gov)
+    m.submit(Jobs().add(name="w", exec="/bin/sleep", args=["0.5"], iteration=16))
+    assert wait_for(lambda: "stuck" in json.dumps(m.info("w", withChilds=True)), 10)
+    os.kill(stuck.proc.pid, signal.SIGSTOP)  # alive, but silent: only heartbeats can tell
+    t0 = time.monotonic()
+    try:
+        assert wait_for(lambda: "child stuck lost (silent for" in gov.log_text, 10), gov.describe()
+        detected = time.monotonic() - t0
+        m.wait4all(timeout=60)
+    finally:
+        os.kill(stuck.proc.pid, signal.SIGCONT)
+    assert detected < 4, detected
+    childs = m.info("w", withChilds=True)["jobs"]["w"]["data"]["childs"]
+    assert all(c["state"] == "SUCCEED" for c in childs)
+    its = m.info([f"w:{i}" for i in range(16)])["jobs"]
+    assert any(e["data"]["history"].count("SCHEDULED") > 1 for e in its.values()), "no retry shows"
+    assert stuck.proc.wait(20) == 0  # woken up, it hears it was lost and exits
+
+
 # ---------------------------------------------------------------- bad input
 def test_a_bad_registration_gets_a_clear_error_and_the_governor_keeps_running(tmp_path, services):
     gov = start_governor(tmp_path)

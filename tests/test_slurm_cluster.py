@@ -5,58 +5,21 @@ The module fixture starts (or reuses) a 4 nodes x 4 CPUs cluster with
 ``os.environ``.  The cluster is deliberately left running afterwards so that
 other Slurm tests can reuse it; stop it with ``scripts/slurm-cluster.sh stop``.
 
-These tests never skip: if Slurm is missing under CI, or the cluster does not
+These tests never skip: if Slurm cannot be installed, or the cluster does not
 come up, they fail with the script's output (which includes the daemon logs).
+The fixture and helpers are the ones every Slurm test uses (tests/slurm_helpers.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "scripts" / "slurm-cluster.sh"
-NODES = 4
-CPUS = 4
-NODE_NAMES = [f"n{i}" for i in range(1, NODES + 1)]
-SBIN_PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-
-
-def _script(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(SCRIPT), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _clean_env() -> dict[str, str]:
-    """Environment for Slurm clients: our SLURM_CONF, no job variables leaking
-    in from an outer allocation."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SLURM_", "SRUN_", "SALLOC_", "SBATCH_"))
-    }
-    env["SLURM_CONF"] = os.environ["SLURM_CONF"]
-    return env
-
-
-def _log_tail() -> str:
-    state = Path(os.environ.get("QCG_SLURM_DIR", "/tmp/qcg-hier-slurm"))
-    parts = []
-    for log in sorted((state / "log").glob("*.log")):
-        lines = log.read_text(errors="replace").splitlines()[-15:]
-        parts.append(f"----- {log}\n" + "\n".join(lines))
-    return "\n".join(parts)
+from slurm_helpers import CPUS, NODE_NAMES, NODES, clean_env, slurm_cluster, slurm_log_tail  # noqa: F401 (fixture)
+from slurm_helpers import cluster_script as _script
 
 
 def run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -64,7 +27,7 @@ def run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProces
     try:
         proc = subprocess.run(
             cmd,
-            env=_clean_env(),
+            env=clean_env(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -73,39 +36,12 @@ def run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProces
             **kw,
         )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{cmd} timed out after {timeout}s\n{exc.stdout}\n{exc.stderr}\n{_log_tail()}")
+        pytest.fail(f"{cmd} timed out after {timeout}s\n{exc.stdout}\n{exc.stderr}\n{slurm_log_tail()}")
     if proc.returncode != 0:
         pytest.fail(
-            f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}\n{_log_tail()}"
+            f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}\n{slurm_log_tail()}"
         )
     return proc
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster() -> str:
-    """A running 4x4 cluster (started if needed, never stopped); returns SLURM_CONF."""
-    if shutil.which("slurmctld", path=SBIN_PATH) is None:
-        if os.environ.get("CI"):
-            pytest.fail(
-                "Slurm is not installed: CI must run `scripts/slurm-cluster.sh install` "
-                "before these tests"
-            )
-        proc = _script("install", timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"slurm-cluster.sh install failed:\n{proc.stdout}\n{proc.stderr}")
-
-    proc = _script("start", str(NODES), str(CPUS))
-    if proc.returncode != 0:
-        pytest.fail(
-            f"slurm-cluster.sh start {NODES} {CPUS} failed (exit {proc.returncode}):\n"
-            f"{proc.stdout}\n{proc.stderr}\n{_log_tail()}"
-        )
-
-    env_lines = _script("env").stdout.split()
-    conf = next(w.split("=", 1)[1] for w in env_lines if w.startswith("SLURM_CONF="))
-    assert Path(conf).is_file(), conf
-    os.environ["SLURM_CONF"] = conf
-    return conf
 
 
 def _node_states() -> dict[str, tuple[str, int]]:
@@ -178,7 +114,7 @@ def test_sbatch_job_completes(slurm_cluster, tmp_path):
         if "JobState=COMPLETED" in info or "JobState=FAILED" in info:
             break
         time.sleep(0.1)
-    assert "JobState=COMPLETED" in info and "ExitCode=0:0" in info, info + _log_tail()
+    assert "JobState=COMPLETED" in info and "ExitCode=0:0" in info, info + slurm_log_tail()
 
     lines = out_file.read_text().split()
     assert lines[0] == "start" and lines[-1] == "done", lines

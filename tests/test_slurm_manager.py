@@ -496,3 +496,24 @@ def test_agents_not_ready_within_the_init_timeout_stop_the_service(tmp_path):
                              AgentSettings(heartbeat=0.05, init_timeout=0.3))
     asyncio.run(asyncio.wait_for(launcher._watch(), 5))
     assert fatal and "0 of 2 node agents ready within --nl-init-timeout 0.3 s" in fatal[0]
+
+
+def test_slurm_resources_file_comes_before_every_other_source(tmp_path, monkeypatch):
+    """Upstream's JSON resources (how its governor gave partitions their nodes), even with --nodes."""
+    import json
+
+    from qcg_hier.cli import resolve_nodes
+
+    path = tmp_path / "res.json"
+    path.write_text(json.dumps({"type": "LOCAL", "nodes": [{"name": "a", "total_cores": 3},
+                                                           {"name": "b", "total_cores": 2, "gpus": ["0"]}]}))
+    opts = _opts(slurm_resources_file=str(path), nodes="8")
+    nodes = resolve_nodes(opts)
+    assert [(n.name, n.cores, n.gpus) for n in nodes] == [("a", 3, ()), ("b", 2, ("0",))]
+    assert opts.slurm is False  # type LOCAL: no srun
+    path.write_text(json.dumps({"nodes": [{"name": "a", "total_cores": 0}]}))
+    with pytest.raises(ResourceSpecError, match="res.json: node a: 'total_cores' must be a positive integer"):
+        resolve_nodes(_opts(slurm_resources_file=str(path)))
+    path.write_text("{not json")
+    with pytest.raises(ResourceSpecError, match="res.json"):
+        resolve_nodes(_opts(slurm_resources_file=str(path)))

@@ -516,7 +516,7 @@ class Scheduler:
         (numbered as at the governor) that `give` fills. Raises SubmitError if it cannot fit here."""
         old = self.jobs.get(spec.name)
         if old is not None and not old.running:
-            self._forget(old)
+            self.forget(old)
         self._check_batch([spec])
         sizer = self._sizer(spec)
         self._seq += 1
@@ -562,7 +562,8 @@ class Scheduler:
             job.ready.clear()
         return back
 
-    def _forget(self, job: Job) -> None:
+    def forget(self, job: Job) -> None:
+        """A child drops a job its governor removed (its name may be given again)."""
         del self.jobs[job.name]
         self.job_counts[job.state] -= 1
         if not job.state.is_final:

@@ -43,9 +43,9 @@ class ChildEntry:
     """The governor's view of one child manager."""
 
     __slots__ = ("name", "token", "identity", "outbox", "gives", "cancels", "last_seen", "last_sent",
-                 "connected", "address", "jobs_sent", "leaving")
+                 "connected", "jobs_sent")
 
-    def __init__(self, name: str, address: str | None):
+    def __init__(self, name: str):
         self.name = name
         self.token = secrets.token_hex(4)
         self.identity = f"{name}#{self.token}".encode()
@@ -55,9 +55,13 @@ class ChildEntry:
         self.last_seen = time.monotonic()
         self.last_sent = 0.0
         self.connected = False
-        self.address = address  # the child's own request address
         self.jobs_sent: set = set()
-        self.leaving = False
+
+
+def stalled(now: float, last_tick: float, settings: LinkSettings) -> bool:
+    """Whether this process itself stood still (SIGSTOP, swapping) for half a timeout between two
+    ticks of its watch: then the peer's silence over that time proves nothing."""
+    return now - last_tick > settings.timeout / 2
 
 
 def node_specs(resources: dict) -> list[NodeSpec]:
@@ -138,11 +142,11 @@ class ChildLauncher:
         old = self.children.get(name)
         if old is not None and old.connected:
             self._lose(old, "registered again")  # a restarted child, or a duplicate id: the newest wins
-        entry = ChildEntry(name, params.get("address"))
+        entry = ChildEntry(name)
         self.children[name] = entry
         self.service.child_attached(name, specs, tuple(dict.fromkeys([name, *tags])))
-        log.info("child %s registered: %d cores on %d nodes, tags %s", name, sum(s.cores for s in specs),
-                 len(specs), ",".join(tags) or "-")
+        log.info("child %s registered: %d cores on %d nodes, tags %s, requests at %s", name,
+                 sum(s.cores for s in specs), len(specs), ",".join(tags) or "-", params.get("address"))
         return {"id": name, "link": self.address, "token": entry.token}
 
     # ----- outgoing -----
@@ -266,7 +270,6 @@ class ChildLauncher:
             self.cb.on_node_ready(entry.name)
             self._check_ready()
         elif kind == "back":
-            entry.leaving = True
             self.service.child_gave_back(entry.name, msg[1])
         elif kind == "bye":
             self._bye(entry, msg[1])
@@ -279,6 +282,8 @@ class ChildLauncher:
             if task is None or task.alloc.child.name != entry.name:
                 continue  # re-queued meanwhile (the child was lost): the new run counts
             reason = "canceled" if state == "CANCELED" else None
+            # the core derives the state from rc and error: an end the child calls FAILED must not
+            # read as a success
             if state in FAILED_STATES and not error and rc == 0:
                 error = state.lower()
             finished.append((task.tid, Outcome(rc, pid, pname, start, end, cpu, maxrss, reason, error, wd, where)))
@@ -304,11 +309,17 @@ class ChildLauncher:
     # ----- failures -----
     async def _watch(self) -> None:
         s = self.settings
+        tick = time.monotonic()
         while not self.stopping:
             await asyncio.sleep(min(s.heartbeat, 0.5))
             if self.stopping:
                 return
+            self._on_readable()  # what waits unread is not silence
             now = time.monotonic()
+            if stalled(now, tick, s):
+                for entry in self.children.values():
+                    entry.last_seen = now  # the governor was stopped, not its children silent
+            tick = now
             if not self.ready and self.starter is not None and now - self._started_at > s.register_timeout:
                 up = sum(1 for e in self.children.values() if e.connected)
                 self.cb.on_fatal(f"only {up} of {self.starter.count} children connected within "

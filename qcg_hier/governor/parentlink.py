@@ -27,7 +27,7 @@ from ..core.states import JobState
 from ..auth import Credentials
 from ..service.servicedir import PARENT_FILE, find_service_dirs
 from ..launch.launcher import FRAMES_PER_TURN
-from .childlink import LinkSettings
+from .childlink import LinkSettings, stalled
 
 log = logging.getLogger("qcg_hier")
 
@@ -40,12 +40,12 @@ def fin_entry(job, it: int, state: JobState, record) -> list:
     """One iteration's end, as the governor needs it for its records and jobs.report."""
     o = record.outcome if record is not None else None
     where = record.allocation if record is not None else ""
-    error = (record.message if record is not None and state is not JobState.SUCCEED else None)
-    if o is None:
-        return [job.name, it, state.value, None, 0, "", 0.0, 0.0, 0.0, 0, where, error or state.value.lower(), ""]
-    if o.error is None and o.rc is not None and error and error.startswith(("exit code", "killed by signal")):
-        error = None  # derived from rc again at the governor
-    return [job.name, it, state.value, o.rc, o.pid, o.pname, o.start, o.end, o.cpu, o.maxrss_kb, where, error, o.wd]
+    if o is None:  # it never ran here: the record's message says why
+        why = record.message if record is not None else None
+        return [job.name, it, state.value, None, 0, "", 0.0, 0.0, 0.0, 0, where, why or state.value.lower(), ""]
+    # the outcome as the launcher gave it: the governor's core derives the state and message again
+    return [job.name, it, state.value, o.rc, o.pid, o.pname, o.start, o.end, o.cpu, o.maxrss_kb, where, o.error,
+            o.wd]
 
 
 class ParentLink:
@@ -254,7 +254,7 @@ class ParentLink:
         elif kind == "forget":
             job = s.core.jobs.get(msg[1])
             if job is not None and not job.running:
-                s.core._forget(job)
+                s.core.forget(job)
         elif kind == "exit":
             log.info("the governor says exit (%s)", msg[1] if len(msg) > 1 else "finished")
             self.detached = True
@@ -276,9 +276,16 @@ class ParentLink:
     # ----- liveness and leaving -----
     async def _watch(self) -> None:
         s = self.settings
+        tick = time.monotonic()
         while not self.detached:
             await asyncio.sleep(min(s.heartbeat, 0.5))
+            self._on_readable()  # what waits unread is not silence
+            if self.detached:
+                return
             now = time.monotonic()
+            if stalled(now, tick, s):
+                self.last_seen = now  # this process was stopped, not the governor silent: a fresh window
+            tick = now
             if now - self.last_seen > s.timeout:
                 log.error("the governor has been silent for %.1f s: stopping (tasks are killed)", now - self.last_seen)
                 self.detached = True

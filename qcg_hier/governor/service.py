@@ -15,6 +15,7 @@ import time
 from .. import protocol
 from ..core.childpool import ChildPool
 from ..launch.launcher import Callbacks
+from ..service.handlers import Handlers, RequestError
 from ..service.manager import ManagerService
 from ..service.zmqinterface import advertised_host
 from .childlink import ChildLauncher, LinkSettings
@@ -32,6 +33,7 @@ class GovernorService(ManagerService):
         self.fake = False  # --fake-launch is passed down: the children fake, the governor dispatches
         self.executing_on_launch = False
         self.core.max_starts = DISPATCH_SLICE
+        self.handlers = GovernorHandlers(self)
         self._waiting_submits: list = []  # (request, future) held until the governor's own children joined
 
     def _make_pool(self, nodes):
@@ -56,26 +58,12 @@ class GovernorService(ManagerService):
             self._on_fatal(f"cannot start the child managers: {exc}")
 
     # ------------------------------------------------------------ requests
-    def handle(self, request):
-        kind = request.get("request") if isinstance(request, dict) else None
-        if kind == "register":
-            return self._register(request)
-        if kind == "submit" and not self.launcher.ready:
-            # the governor's own children are still starting: the reply waits (upstream buffered and
-            # answered without the job names, which broke its own client)
-            future = asyncio.get_running_loop().create_future()
-            self._waiting_submits.append((request, future))
-            return future
-        return super().handle(request)
-
-    def _register(self, request: dict):
-        params = request.get("params")
-        if not isinstance(params, dict):
-            return protocol.error("Invalid request: 'params' must be an object")
-        try:
-            return protocol.ok(self.launcher.register(params))
-        except ValueError as exc:
-            return protocol.error(f"Register request failed: {exc}")
+    def hold_submit(self, request: dict) -> asyncio.Future:
+        """The governor's own children are still starting: the reply waits for them (upstream buffered
+        and answered without the job names, which broke its own client)."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting_submits.append((request, future))
+        return future
 
     def replay(self, records: list) -> int:
         """--resume: the governor's journal is the campaign's record; its children start afresh and the
@@ -97,7 +85,7 @@ class GovernorService(ManagerService):
         waiting, self._waiting_submits = self._waiting_submits, []
         for request, future in waiting:
             if not future.done():
-                future.set_result(super().handle(request))
+                future.set_result(self.handle(request))
         self._kick()
 
     async def shutdown(self) -> None:
@@ -156,3 +144,22 @@ class GovernorService(ManagerService):
         out = super().status(final)
         out["Children"] = out["Nodes"]
         return out
+
+
+class GovernorHandlers(Handlers):
+    """A manager's request handlers, plus children registering, and submits held until the governor's
+    own children have joined."""
+
+    def r_register(self, req: dict) -> dict:
+        params = req.get("params")
+        if not isinstance(params, dict):
+            raise RequestError("'params' must be an object")
+        try:
+            return protocol.ok(self.s.launcher.register(params))
+        except ValueError as exc:
+            return protocol.error(f"Register request failed: {exc}")
+
+    def r_submit(self, req: dict):
+        if not self.s.launcher.ready:
+            return self.s.hold_submit(req)
+        return super().r_submit(req)
