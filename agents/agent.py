@@ -809,6 +809,9 @@ def parse_args(argv=None):
     p.add_argument("--log-level", default="info")
     p.add_argument("--parent-death-signal", action="store_true",
                    help="exit (SIGTERM) when the parent process dies")
+    p.add_argument(CONFIG_OPTION, action="store_true",
+                   help="wait for the other options: one line on stdin holding a JSON list of arguments "
+                        "(an agent started ahead of its service); exit quietly at end of file")
     return p.parse_args(argv)
 
 
@@ -868,7 +871,28 @@ def _start_watchdog():
         os._exit(0)
 
 
+CONFIG_OPTION = "--config-from-stdin"
+
+
+def _options_from_stdin(argv: list):
+    """`--config-from-stdin`: the agent was started ahead of its service, which writes the rest of
+    the options (a JSON list) to our stdin once it knows them; end of file means it will not."""
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return None
+    extra = orjson.loads(line)
+    if type(extra) is not list or not all(type(a) is str for a in extra):
+        raise SystemExit(f"{CONFIG_OPTION}: expected a JSON list of arguments, got {line[:200]!r}")
+    return [a for a in argv if a != CONFIG_OPTION] + extra
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ahead = CONFIG_OPTION in argv
+    if ahead:
+        argv = _options_from_stdin(argv)
+        if argv is None:
+            return EXIT_OK  # the service did not need us
     args = parse_args(argv)
     if not args.node:
         args.node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
@@ -877,6 +901,8 @@ def main(argv=None) -> int:
     _ensure_std_fds()
     _private_stderr()
     _setup_logging(args.log_file, args.log_level)
+    if ahead:
+        log.info("started ahead of the service: options read from stdin")
 
     if args.parent_death_signal:
         try:

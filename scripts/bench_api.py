@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 
+from benchlib import compile_package
 from qcg_hier.api import Jobs, LocalManager
 
 
@@ -112,6 +113,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--upstream-python", help="python with qcg-pilotjob 0.14.2 installed")
     args = ap.parse_args()
+    compile_package()
     report("qcg-hier", ours())
     if args.upstream_python:
         up = upstream(args.upstream_python)

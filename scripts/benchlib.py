@@ -761,9 +761,24 @@ def eprint(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
 
 
+def compile_package() -> None:
+    """Byte-compile qcg-hier where it is installed, as `pip install .` does. An editable
+    (development) install has no bytecode, and with PYTHONDONTWRITEBYTECODE set every service
+    start would compile the package again: a cost no installed service pays."""
+    import compileall
+    import importlib.util
+
+    for name in ("qcg_hier", "qcg_hier_agent"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            for folder in spec.submodule_search_locations:
+                compileall.compile_dir(folder, quiet=1)
+
+
 def run_bench(make_bench, args, cases) -> int:
     """Build a benchmark (a missing service command is reported, not raised), run its cases, and
     sweep up whatever it left running, even when interrupted."""
+    compile_package()
     try:
         bench = make_bench(args)
     except FileNotFoundError as exc:

@@ -62,7 +62,7 @@ def service_command() -> list[str]:
     if sibling.exists():
         return [str(sibling)]
     found = shutil.which("qcg-pm-service")
-    return [found] if found else [sys.executable, "-m", "qcg_hier.cli"]
+    return [found] if found else [sys.executable, "-m", "qcg_hier"]
 
 
 def local_env() -> dict:

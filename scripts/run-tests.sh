@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m pip install -q --disable-pip-version-check -e ".[test,plot]"
+python3 -m compileall -q qcg_hier agents   # an editable install has no bytecode: every service start would compile
 
 apt_install() {
     if [ "$(id -u)" != 0 ]; then

@@ -47,7 +47,7 @@ def service_command() -> list[str]:
     found = shutil.which("qcg-pm-service")
     if found:
         return [found]
-    return [sys.executable, "-m", "qcg_hier.cli"]
+    return [sys.executable, "-m", "qcg_hier"]
 
 
 def service_env(extra: dict | None = None) -> dict:

@@ -526,6 +526,48 @@ def test_ipc_transport(tmp_path):
         ctx.term()
 
 
+# --------------------------------------------------------------------- started ahead of its manager
+
+
+def test_options_from_stdin(tmp_path):
+    """An agent started with --config-from-stdin waits for its options on stdin, then serves."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    proc = subprocess.Popen([*AGENT_CMD, "--config-from-stdin"], stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        assert proc.poll() is None, "the agent did not wait for its options"
+        assert not router.poll(0)
+        proc.stdin.write(orjson.dumps(["--manager", f"tcp://127.0.0.1:{port}", "--node", "ahead"]) + b"\n")
+        proc.stdin.close()
+        assert router.poll(WAIT * 1000)
+        ident, frame = router.recv_multipart()
+        assert ident == b"ahead" and orjson.loads(frame)[0][0] == "ready"
+        router.send_multipart([ident, orjson.dumps([["exit"]])])
+        assert orjson.loads(router.recv_multipart()[1]) == [["bye", "ahead"]]
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        router.close(0)
+        ctx.term()
+
+
+def test_options_from_stdin_end_of_file_exits_quietly():
+    out = subprocess.run([*AGENT_CMD, "--config-from-stdin"], stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=WAIT)
+    assert out.returncode == 0 and out.stderr == ""
+
+
+def test_options_from_stdin_not_a_list_is_an_error():
+    out = subprocess.run([*AGENT_CMD, "--config-from-stdin"], input=b'{"manager": "x"}\n', capture_output=True,
+                         timeout=WAIT)
+    assert out.returncode != 0 and b"expected a JSON list of arguments" in out.stderr
+
+
 # --------------------------------------------------------------------- CURVE
 
 

@@ -81,7 +81,7 @@ def test_kill9_of_a_child_loses_no_task_and_wait4all_returns(slurm_cluster, tmp_
         victims = [p for p in psutil.process_iter(["cmdline", "name"])
                    if p.info["name"] != "srun" and "--id" in (p.info["cmdline"] or [])
                    and "partition-1" in p.info["cmdline"]
-                   and "qcg_hier.cli" in p.info["cmdline"] and str(wd) in p.info["cmdline"]]
+                   and "qcg_hier" in p.info["cmdline"] and str(wd) in p.info["cmdline"]]
         assert len(victims) == 1, victims
         victims[0].kill()
         t0 = time.monotonic()

@@ -281,7 +281,7 @@ class LocalManager(Manager):
             args += ["--wd", str(wd)]
         instance_id = args[args.index("--id") + 1]
         self._stderr = tempfile.TemporaryFile()
-        self.process = subprocess.Popen([sys.executable, "-m", "qcg_hier.cli", *args], stdin=subprocess.DEVNULL,
+        self.process = subprocess.Popen([sys.executable, "-m", "qcg_hier", *args], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=self._stderr)
         service_dir = wd / f".qcgpjm-service-{instance_id}"
         self._wait_for_address(service_dir / "address", float(cfg.get("init_timeout", 60)))

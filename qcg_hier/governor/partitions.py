@@ -76,7 +76,7 @@ class ChildStarter:
 
     def command(self, part: Partition) -> list[str]:
         c = self.config
-        argv = [sys.executable, "-m", "qcg_hier.cli", "--parent", self.governor_address, "--id", part.name,
+        argv = [sys.executable, "-m", "qcg_hier", "--parent", self.governor_address, "--id", part.name,
                 # the governor's jobs.report covers the campaign (with each task's child): the children
                 # write none, which saves them a line per task
                 "--wd", c.wd, "--log", c.log_level, "--report-format", "none",

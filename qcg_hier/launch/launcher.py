@@ -19,6 +19,7 @@ import zmq.asyncio
 from .. import protocol
 from ..auth import Credentials
 from ..core.job import Outcome
+from . import early_agent
 from .taskspec import TaskContext, build, program_name
 
 log = logging.getLogger("qcg_hier")
@@ -86,8 +87,11 @@ class LocalAgents:
         self.restartable = True
 
     def start(self, argv: list) -> None:
-        self.process = subprocess.Popen(argv + ["--node", self.name, "--parent-death-signal"],
-                                        stdin=subprocess.DEVNULL, close_fds=True)
+        options = argv[3:] + ["--node", self.name]  # after `python -m qcg_hier_agent`
+        self.process = early_agent.hand_over(options)  # the one started with the service, if any
+        if self.process is None:
+            self.process = subprocess.Popen(argv[:3] + ["--parent-death-signal"] + options,
+                                            stdin=subprocess.DEVNULL, close_fds=True)
 
     def poll(self):
         return self.process.poll() if self.process else None

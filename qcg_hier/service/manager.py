@@ -19,6 +19,7 @@ import sys
 
 import zmq.asyncio
 
+from ..launch import early_agent
 from ..launch.launcher import AgentLauncher, AgentSettings, Callbacks, FakeLauncher, LocalAgents
 from ..launch.slurm import SrunAgents
 from .zap import ZapHandler
@@ -139,6 +140,7 @@ class ManagerService:
         zap_task = asyncio.ensure_future(self.zap.run())
         self.launcher = self._make_launcher()
         await self.launcher.start()
+        early_agent.discard()  # started ahead for a local launch that this service does not do
         if self.network is not None:
             self._open_network()  # after the launcher: the address is advertised only by a working service
         await self._network_open()
@@ -320,6 +322,7 @@ class ManagerService:
             return
         now = time.time()
         core = self.core
+        journaled = []
         started = core.schedule(now)
         if len(started) >= core.max_starts:
             self._kick()  # a slice of the work: the rest after a turn of the loop (heartbeats, requests)
@@ -328,7 +331,9 @@ class ManagerService:
                 record = self.journal.started
                 for task in started:
                     record(task.job.name, task.it)
-                self.journal.flush()  # with the pass that starts them, not with the next task end
+                # before the launch, in one write with the ends that freed the cores
+                journaled = core.drain_events()
+                self._journal_ends(journaled)
             if self.parent_link is not None:
                 self.parent_link.started(started)
             if self.fake:
@@ -339,7 +344,7 @@ class ManagerService:
                 self.launcher.launch(started, now)
                 if self.executing_on_launch:
                     core.executing(started, now)
-        self._process_events()
+        self._process_events(journaled)
         if self.parent_link is not None:
             self.parent_link.flush()  # the starts, when no event asked for a flush
         self._check_done()
@@ -378,12 +383,16 @@ class ManagerService:
         self.exit_code = 1
         self._on_signal(signal.SIGTERM)
 
-    def _process_events(self) -> None:
+    def _process_events(self, journaled: list = ()) -> None:
+        """Events go to the journal first, then to the parent, jobs.report and the publisher;
+        `journaled`: events already drained and journaled by the caller."""
         events = self.core.drain_events()
-        if not events:
-            return
         if self.journal is not None:
             self._journal_ends(events)
+        if journaled:
+            events = journaled + events
+        if not events:
+            return
         if self.parent_link is not None:
             self.parent_link.forward(events)
         if self.report.enabled:

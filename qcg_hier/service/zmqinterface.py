@@ -22,6 +22,7 @@ log = logging.getLogger("qcg_hier")
 CLIENT_DOMAIN = "qcg-hier-clients"
 MAX_REQUEST_BYTES = 64 << 20  # larger requests get an error reply
 MAX_MESSAGE_BYTES = 512 << 20  # larger messages make ZeroMQ drop the connection
+REQUESTS_PER_TURN = 64  # requests served per turn of the event loop (an endless drain starves the rest)
 
 
 def advertised_host(bind_host: str) -> str:
@@ -89,13 +90,15 @@ class ZmqInterface:
         self.address = None
         self.pub_address = None
         self._tasks = []
+        self._reader = None
+        self._read_pending = False
 
     def open(self, manager_id: str, zap: ZapHandler | None = None) -> None:
         """Bind the sockets (before the service advertises its address)."""
         if self.credentials is not None:
             self.zap = zap
             zap.allow(CLIENT_DOMAIN, self.credentials.client_public)
-        self.sock = self._socket(zmq.ROUTER)
+        self.sock = self._socket(zmq.ROUTER, plain=True)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         port = bind(self.sock, self.host, self.port, self.port_min, self.port_max)
         self.address = f"tcp://{advertised_host(self.host)}:{port}"
@@ -106,8 +109,9 @@ class ZmqInterface:
             self.pub_address = f"tcp://{advertised_host(self.host)}:{pub_port}"
             self.publisher = Publisher(self.pub_sock, manager_id)
 
-    def _socket(self, kind):
-        sock = self.ctx.socket(kind)
+    def _socket(self, kind, plain: bool = False):
+        """`plain`: a blocking-API socket (read by a loop reader), else an asyncio one."""
+        sock = zmq.Socket(self.ctx, kind) if plain else self.ctx.socket(kind)
         sock.linger = 0
         if self.credentials is not None:
             self.credentials.secure_server(sock, CLIENT_DOMAIN)
@@ -118,27 +122,60 @@ class ZmqInterface:
             self._tasks.append(asyncio.ensure_future(self._log_refusals()))
         if self.publisher is not None:
             self._tasks.append(asyncio.ensure_future(self._subscriptions(service)))
+        # Requests are read by a loop reader on the socket's descriptor, not by awaiting a future
+        # per message: a request costs no extra turns of the loop.
+        loop = asyncio.get_running_loop()
+        fd = self.sock.getsockopt(zmq.FD)
+        self._reader = lambda: self._on_readable(service)
+        loop.add_reader(fd, self._reader)
+        self._read_soon()  # a request may have come before the reader was added
+        try:
+            await asyncio.Future()  # until cancelled
+        finally:
+            loop.remove_reader(fd)
+
+    def _read_soon(self) -> None:
+        if not self._read_pending:
+            self._read_pending = True
+            asyncio.get_running_loop().call_soon(self._reader)
+
+    def _on_readable(self, service) -> None:
+        self._read_pending = False
         sock = self.sock
-        while True:
-            frames = await sock.recv_multipart(copy=False)
-            identity, body = frames[0].bytes, frames[-1]
-            delimiter = [b""] if len(frames) > 2 else []
-            response = self._answer(service, body)
-            if isinstance(response, asyncio.Future):  # answered later (a governor still gathering children)
-                response.add_done_callback(lambda done, head=[identity, *delimiter]:
-                                           self._reply(head + [protocol.encode(done.result())]))
-                continue
-            frames = [identity, *delimiter, protocol.encode(response)]
-            if service.reply_delay:
-                asyncio.get_running_loop().call_later(service.reply_delay, self._reply, frames)
-                service.reply_delay = 0.0
-            else:
-                self._reply(frames)
+        if sock is None or sock.closed:
+            return
+        for _ in range(REQUESTS_PER_TURN):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._serve(service, frames)
+        self._read_soon()  # more waiting: go on in the next turn, after timers and task ends
+
+    def _serve(self, service, frames) -> None:
+        identity, body = frames[0].bytes, frames[-1]
+        head = [identity, b""] if len(frames) > 2 else [identity]  # a REQ client's delimiter
+        response = self._answer(service, body)
+        if isinstance(response, asyncio.Future):  # answered later (a governor still gathering children)
+            response.add_done_callback(lambda done: self._reply(head + [protocol.encode(done.result())]))
+            return
+        frames = head + [protocol.encode(response)]
+        if service.reply_delay:
+            asyncio.get_running_loop().call_later(service.reply_delay, self._reply, frames)
+            service.reply_delay = 0.0
+        else:
+            self._reply(frames)
 
     def _reply(self, frames) -> None:
-        sent = self.sock.send_multipart(frames, flags=zmq.NOBLOCK)  # a future, done at once
-        if sent.done() and sent.exception() is not None:
-            log.warning("reply dropped: %s", sent.exception())
+        if self.sock.closed:
+            return  # a late answer after shutdown
+        try:
+            self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("reply dropped: %s", exc)
+            return
+        # the descriptor is edge-triggered: a request that came while we were busy raised no new edge
+        self._read_soon()
 
     def _answer(self, service, body) -> dict:
         if len(body) > MAX_REQUEST_BYTES:
