@@ -113,6 +113,122 @@ class Task:
         self.alive = True
 
 
+STDIO = "stdio"  # --manager stdio: the manager is our parent, over our stdin and stdout
+_HEADER = 4  # pipe frames: 4-byte big-endian length, then the frame
+
+
+class ZmqLink:
+    """The manager over a zmq DEALER socket (identity = node name), CURVE-secured when given keys."""
+
+    def __init__(self, address, node, linger, server_key=None, public_key=None, secret_key=None):
+        self.ctx = zmq.Context(1)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, node.encode("utf-8"))
+        sock.setsockopt(zmq.LINGER, linger)
+        if server_key:
+            if not (public_key and secret_key):
+                public_key, secret_key = (k.decode("ascii") for k in zmq.curve_keypair())
+            sock.setsockopt(zmq.CURVE_SERVERKEY, server_key.encode("ascii"))
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, public_key.encode("ascii"))
+            sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key.encode("ascii"))
+        sock.connect(address)
+        self.sock = sock
+        self.pollable = sock  # what the poller watches for input
+        self.out_fd = None  # no output of our own waiting: zmq queues it
+        self.eof = False  # a socket has no end: a silent manager is judged by time
+        self.buffered = False
+
+    def next_frame(self):
+        try:
+            return self.sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def send(self, frame) -> bool:
+        try:
+            self.sock.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def close(self, linger):
+        self.sock.close(linger=linger)
+        self.ctx.term()
+
+
+class PipeLink:
+    """The manager over two pipes (a local agent, child of its manager): length-prefixed frames.
+
+    No I/O thread and no encryption: nobody but our parent holds the other ends. The end of the
+    input means the manager is gone."""
+
+    def __init__(self, fd_in, fd_out, initial=b""):
+        os.set_blocking(fd_in, False)
+        os.set_blocking(fd_out, False)
+        self.fd_in, self.fd_out = fd_in, fd_out
+        self.pollable = fd_in
+        self._in = bytearray(initial)
+        self._out = bytearray()
+        self.eof = False
+
+    @property
+    def buffered(self) -> bool:
+        """A whole frame already read: do not wait for the descriptor to be readable."""
+        buf = self._in
+        return len(buf) >= _HEADER and len(buf) >= _HEADER + int.from_bytes(buf[:_HEADER], "big")
+
+    @property
+    def out_fd(self):
+        return self.fd_out if self._out else None  # output waiting for room in the pipe
+
+    def next_frame(self):
+        buf = self._in
+        while not self.buffered:
+            try:
+                data = os.read(self.fd_in, 1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return None
+            if not data:
+                self.eof = True
+                return None
+            buf += data
+        size = int.from_bytes(buf[:_HEADER], "big")
+        frame = bytes(buf[_HEADER:_HEADER + size])
+        del buf[:_HEADER + size]
+        return frame
+
+    def send(self, frame) -> bool:
+        self._out += len(frame).to_bytes(_HEADER, "big")
+        self._out += frame
+        self.drain()
+        return True
+
+    def drain(self) -> None:
+        out = self._out
+        while out:
+            try:
+                n = os.write(self.fd_out, out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except BrokenPipeError:
+                out.clear()  # the manager is gone: the input's end tells the loop
+                return
+            del out[:n]
+
+    def close(self, linger):
+        if self._out and linger:
+            os.set_blocking(self.fd_out, True)  # the last words ("bye", final reports)
+            try:
+                os.write(self.fd_out, self._out)
+            except OSError:
+                pass
+        for fd in (self.fd_in, self.fd_out):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def _why(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
@@ -133,6 +249,7 @@ class Agent:
         curve_secret_key: str | None = None,
         linger: int = 1000,
         detach_stdio: bool = False,
+        initial_input: bytes = b"",
     ):
         self.address = address
         self.node = node
@@ -145,6 +262,7 @@ class Agent:
         # True when the agent owns the process (run by main()): its own
         # descriptors 0-2 are then redirected to /dev/null.
         self.detach_stdio = detach_stdio
+        self.initial_input = initial_input  # the start of the manager's stream, read with our options
 
         self.base_env: dict[str, str] = dict(os.environ)
         self._env_cache: dict = {}
@@ -167,9 +285,9 @@ class Agent:
         self.report_every = REPORT_EVERY
         self._since_reap = 0
 
-        self.ctx = None
-        self.sock = None
+        self.link = None
         self.poller = None
+        self._polled_out = None  # the descriptor polled for room to write, if any
         self._wake_r = self._wake_w = -1
         self.null_r = self.null_w = -1
         self.null_actions = None
@@ -178,6 +296,8 @@ class Agent:
 
     def _setup(self):
         _ensure_std_fds()
+        if self.address == STDIO:  # before 0 and 1 are pointed at /dev/null
+            self.link = PipeLink(os.dup(0), os.dup(1), self.initial_input)
         self.null_r = os.open(os.devnull, _RFLAGS)
         self.null_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         d = os.POSIX_SPAWN_DUP2
@@ -204,22 +324,11 @@ class Agent:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
 
-        self.ctx = zmq.Context(1)
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.node.encode("utf-8"))
-        sock.setsockopt(zmq.LINGER, self.linger)
-        if self.curve_server_key:
-            if self.curve_public_key and self.curve_secret_key:
-                pub, sec = self.curve_public_key, self.curve_secret_key
-            else:
-                pub, sec = (k.decode("ascii") for k in zmq.curve_keypair())
-            sock.setsockopt(zmq.CURVE_SERVERKEY, self.curve_server_key.encode("ascii"))
-            sock.setsockopt(zmq.CURVE_PUBLICKEY, pub.encode("ascii"))
-            sock.setsockopt(zmq.CURVE_SECRETKEY, sec.encode("ascii"))
-        sock.connect(self.address)
-        self.sock = sock
+        if self.link is None:
+            self.link = ZmqLink(self.address, self.node, self.linger, self.curve_server_key,
+                                self.curve_public_key, self.curve_secret_key)
         self.poller = zmq.Poller()
-        self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(self.link.pollable, zmq.POLLIN)
         self.poller.register(r, zmq.POLLIN)
 
     def _on_stop_signal(self, signum, frame):
@@ -230,12 +339,9 @@ class Agent:
             signal.set_wakeup_fd(-1)
         except (ValueError, OSError):
             pass
-        if self.sock is not None:
-            self.sock.close(linger=linger)
-            self.sock = None
-        if self.ctx is not None:
-            self.ctx.term()
-            self.ctx = None
+        if self.link is not None:
+            self.link.close(linger)
+            self.link = None
         for fd in (self._wake_r, self._wake_w, self.null_r, self.null_w):
             if fd >= 0:
                 try:
@@ -259,12 +365,11 @@ class Agent:
             return EXIT_ERROR
 
     def _loop(self) -> int:
-        sock = self.sock
+        link = self.link
+        pollable = link.pollable
         poll = self.poller.poll
         wake_r = self._wake_r
-        recv = sock.recv
-        NOBLOCK = zmq.NOBLOCK
-        Again = zmq.Again
+        next_frame = link.next_frame
         loads = orjson.loads
         monotonic = time.monotonic
         hb = self.heartbeat_interval
@@ -295,8 +400,9 @@ class Agent:
             if self._backlog:
                 deadline = min(deadline, now + 0.05)
             timeout = int((deadline - monotonic()) * 1000.0 + 0.999)
-            if timeout < 0:
+            if timeout < 0 or link.buffered:
                 timeout = 0
+            self._watch_output()
             # SIGCHLD is blocked while we work so that the exits of a whole
             # batch of tasks cost one signal delivery, not one each; it is
             # unblocked only while waiting (a pending one then writes to the
@@ -315,21 +421,23 @@ class Agent:
                 self._close(self.linger)
                 return EXIT_OK
 
-            sock_ready = wake = False
+            link_ready = link.buffered
+            wake = False
             for what, _ in events:
-                if what is sock:
-                    sock_ready = True
-                else:
+                if what == pollable:
+                    link_ready = True
+                elif what == wake_r:
                     wake = True
+                else:
+                    link.drain()  # room in the pipe to the manager
 
             # ---- requests
-            if sock_ready:
+            if link_ready:
                 self.cwd = None
                 limit = now + MAX_BATCH_SECONDS
                 for _ in range(MAX_FRAMES_PER_ITERATION):
-                    try:
-                        frame = recv(NOBLOCK)
-                    except Again:
+                    frame = next_frame()
+                    if frame is None:
                         break
                     self.last_recv = now
                     try:
@@ -350,6 +458,12 @@ class Agent:
                     self.now = now = monotonic()
                     if now > limit:
                         break  # more later: timers and heartbeats first
+
+            if link.eof:
+                log.error("the manager closed its pipe: killing tasks and exiting")
+                self._kill_all([])
+                self._close(0)
+                return EXIT_MANAGER_LOST
 
             # ---- exits
             if wake:
@@ -377,6 +491,16 @@ class Agent:
             if out or self._backlog:
                 self._flush(out)
 
+    def _watch_output(self) -> None:
+        """Wait for room in the pipe to the manager only while output waits for it."""
+        fd = self.link.out_fd
+        if fd != self._polled_out:
+            if self._polled_out is not None:
+                self.poller.unregister(self._polled_out)
+            if fd is not None:
+                self.poller.register(fd, zmq.POLLOUT)
+            self._polled_out = fd
+
     def _feed_watchdog(self) -> None:
         """Tell the watchdog which task process groups exist (one write per loop turn)."""
         data = b"".join(self.guard)
@@ -391,9 +515,7 @@ class Agent:
         if self._backlog:
             out = self._backlog + out
             self._backlog = []
-        try:
-            self.sock.send(orjson.dumps(out), zmq.NOBLOCK)
-        except zmq.Again:
+        if not self.link.send(orjson.dumps(out)):
             self._backlog = list(out)
             return False
         self.last_send = self.now
@@ -793,7 +915,9 @@ def _positive(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m qcg_hier_agent", description="qcg-hier node agent")
-    p.add_argument("--manager", required=True, help="manager address, e.g. tcp://host:5555")
+    p.add_argument("--manager", required=True,
+                   help=f"manager address, e.g. tcp://host:5555; '{STDIO}': the manager is our parent, talking "
+                        "over our stdin and stdout (length-prefixed frames)")
     p.add_argument("--node", default=None,
                    help="node name, used as the zmq identity (default: $SLURMD_NODENAME, else the host name): "
                         "one srun step starts the agents of every node with the same arguments")
@@ -876,21 +1000,32 @@ CONFIG_OPTION = "--config-from-stdin"
 
 def _options_from_stdin(argv: list):
     """`--config-from-stdin`: the agent was started ahead of its service, which writes the rest of
-    the options (a JSON list) to our stdin once it knows them; end of file means it will not."""
-    line = sys.stdin.buffer.readline()
+    the options (a JSON list, one line) to our stdin once it knows them; end of file means it will
+    not. Returns (arguments, what followed the line: with `--manager stdio`, the first frames)."""
+    data = b""
+    while b"\n" not in data:
+        chunk = os.read(0, 65536)  # not sys.stdin: its buffer would swallow the frames after the line
+        if not chunk:
+            break
+        data += chunk
+    line, _, rest = data.partition(b"\n")
     if not line.strip():
-        return None
-    extra = orjson.loads(line)
+        return None, b""
+    try:
+        extra = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        extra = None
     if type(extra) is not list or not all(type(a) is str for a in extra):
         raise SystemExit(f"{CONFIG_OPTION}: expected a JSON list of arguments, got {line[:200]!r}")
-    return [a for a in argv if a != CONFIG_OPTION] + extra
+    return [a for a in argv if a != CONFIG_OPTION] + extra, rest
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     ahead = CONFIG_OPTION in argv
+    initial_input = b""
     if ahead:
-        argv = _options_from_stdin(argv)
+        argv, initial_input = _options_from_stdin(argv)
         if argv is None:
             return EXIT_OK  # the service did not need us
     args = parse_args(argv)
@@ -934,6 +1069,7 @@ def main(argv=None) -> int:
         curve_public_key=pub,
         curve_secret_key=sec,
         detach_stdio=True,
+        initial_input=initial_input,
     )
     agent.guard_fd = guard_fd
     return agent.run()

@@ -526,6 +526,89 @@ def test_ipc_transport(tmp_path):
         ctx.term()
 
 
+# --------------------------------------------------------------------- over its stdin and stdout
+
+
+class PipeManager:
+    """A manager that is the agent's parent, talking over its stdin/stdout (`--manager stdio`):
+    each frame after its length, 4 bytes big-endian."""
+
+    def __init__(self, tmp_path):
+        self.log = tmp_path / "agent-stdio.log"
+        self.proc = subprocess.Popen([*AGENT_CMD, "--manager", "stdio", "--node", "pipe-node",
+                                      "--log-file", str(self.log)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.inbox = []
+
+    def send(self, *msgs):
+        frame = orjson.dumps(list(msgs))
+        self.proc.stdin.write(len(frame).to_bytes(4, "big") + frame)
+        self.proc.stdin.flush()
+
+    def _read_frame(self):
+        head = self.proc.stdout.read(4)
+        if len(head) < 4:
+            return None
+        return orjson.loads(self.proc.stdout.read(int.from_bytes(head, "big")))
+
+    def expect(self, kind, count=1):
+        found = []
+        while len(found) < count:
+            msgs = self._read_frame()
+            assert msgs is not None, f"the agent closed its stdout before {count} {kind!r}: {found}"
+            found += [m for m in msgs if m[0] == kind]
+        return found
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_stdio_link(tmp_path):
+    m = PipeManager(tmp_path)
+    try:
+        ready = m.expect("ready")[0][1]
+        assert ready["node"] == "pipe-node"
+        m.send(["run", 1, {"argv": ["/bin/true"], "wd": str(tmp_path)}],
+               ["run", 2, {"argv": ["/bin/sh", "-c", "exit 3"], "wd": str(tmp_path)}])
+        done = {d["tid"]: d for d in map(done_dict, m.expect("done", 2))}
+        assert done[1]["rc"] == 0 and done[2]["rc"] == 3
+        m.send(["exit"])
+        assert m.expect("bye") == [["bye", "pipe-node"]]
+        assert m.proc.wait(WAIT) == 0
+    finally:
+        m.close()
+
+
+def test_stdio_link_frames_larger_than_a_pipe(tmp_path):
+    """A batch bigger than the pipe's buffer arrives whole (the agent reads frames in pieces)."""
+    m = PipeManager(tmp_path)
+    try:
+        m.expect("ready")
+        pad = "x" * 600
+        runs = [["run", i, {"argv": ["/bin/true", pad], "wd": str(tmp_path)}] for i in range(400)]
+        m.send(*runs)  # about 270 kB in one frame
+        done = [done_dict(d) for d in m.expect("done", 400)]
+        assert sorted(d["tid"] for d in done) == list(range(400)) and {d["rc"] for d in done} == {0}
+    finally:
+        m.close()
+
+
+def test_stdio_link_closed_kills_tasks_and_exits(tmp_path):
+    m = PipeManager(tmp_path)
+    try:
+        m.expect("ready")
+        m.send(["run", 1, {"argv": ["/bin/sleep", "60"], "wd": str(tmp_path)}])
+        sleeper = wait_until(lambda: [p for p in psutil.Process(m.proc.pid).children() if p.name() == "sleep"])
+        assert sleeper
+        m.proc.stdin.close()  # the manager is gone
+        assert m.proc.wait(WAIT) == 3
+        assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in sleeper)
+        assert "closed its pipe" in m.log.read_text()
+    finally:
+        m.close()
+
+
 # --------------------------------------------------------------------- started ahead of its manager
 
 

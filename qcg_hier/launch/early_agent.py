@@ -15,9 +15,11 @@ import signal
 import subprocess
 import sys
 
+from ..service.naming import AGENT_LOG, default_instance_id, service_dir_path
+
 # options after which the service never starts a local agent
 NO_LOCAL_AGENT = ("--fake-launch", "--governor", "--slurm-partition-nodes", "--partition-nodes",
-                  "--slurm-resources-file", "--help", "--version")
+                  "--slurm-resources-file", "--resume", "--help", "--version")
 CONFIG_OPTION = "--config-from-stdin"
 
 _waiting = None  # the started agent, until handed over or discarded
@@ -46,9 +48,14 @@ def start(args: list, environ=os.environ) -> None:
     global _waiting
     if _waiting is not None or not wants_local_agent(args, environ):
         return
+    # its log file names the service directory, as the options it gets later do: `ps` (and tools
+    # that look for a service's processes) see which service it belongs to
+    service_dir = service_dir_path(_option_value(args, "--wd") or ".",
+                                   _option_value(args, "--id") or default_instance_id())
+    argv = [sys.executable, "-m", "qcg_hier_agent", "--parent-death-signal", CONFIG_OPTION,
+            "--log-file", os.path.join(service_dir, AGENT_LOG)]
     try:
-        _waiting = subprocess.Popen([sys.executable, "-m", "qcg_hier_agent", "--parent-death-signal", CONFIG_OPTION],
-                                    stdin=subprocess.PIPE, close_fds=True)
+        _waiting = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
     except OSError:
         _waiting = None  # the service starts its agent the usual way
 
@@ -64,7 +71,7 @@ def hand_over(options: list):
         return None
     try:
         process.stdin.write(orjson.dumps(options) + b"\n")
-        process.stdin.close()
+        process.stdin.flush()  # stays open: with `--manager stdio` it is the agent's link
     except OSError:
         _kill(process)
         return None
@@ -84,7 +91,11 @@ def discard() -> None:
 def _kill(process) -> None:
     try:
         process.send_signal(signal.SIGKILL)
-        process.stdin.close()
     except OSError:
         pass
     process.wait()
+    for pipe in (process.stdin, process.stdout):
+        try:
+            pipe.close()
+        except OSError:
+            pass

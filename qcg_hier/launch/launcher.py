@@ -19,12 +19,15 @@ import zmq.asyncio
 from .. import protocol
 from ..auth import Credentials
 from ..core.job import Outcome
+from ..service.naming import AGENT_LOG
 from . import early_agent
+from .pipelink import PipeChannel
 from .taskspec import TaskContext, build, program_name
 
 log = logging.getLogger("qcg_hier")
 AGENT_DOMAIN = "qcg-hier-agents"
 FRAMES_PER_TURN = 64  # frames handled per turn of the event loop (an endless drain starves timers)
+PIPE_ADDRESS = "stdio"  # the agent's --manager when it talks over its stdin/stdout
 
 
 @dataclass
@@ -79,7 +82,10 @@ class AgentSettings:
 
 
 class LocalAgents:
-    """One agent process on this machine, serving every (virtual) node; restarted if it dies."""
+    """One agent process on this machine, serving every (virtual) node, talking over its stdin and
+    stdout; restarted if it dies."""
+
+    pipes = True  # the link is the process's stdin/stdout (see pipelink.py)
 
     def __init__(self, name: str = "local"):
         self.name = name
@@ -91,7 +97,7 @@ class LocalAgents:
         self.process = early_agent.hand_over(options)  # the one started with the service, if any
         if self.process is None:
             self.process = subprocess.Popen(argv[:3] + ["--parent-death-signal"] + options,
-                                            stdin=subprocess.DEVNULL, close_fds=True)
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
 
     def poll(self):
         return self.process.poll() if self.process else None
@@ -137,24 +143,37 @@ class AgentLauncher:
         self._loop = None
         self._check_pending = False
         self._restarts: list[float] = []
-        self.address = None
+        self.pipes = getattr(starter, "pipes", False)  # a local agent: its stdin/stdout, not a socket
+        self._channel = None
+        self.address = PIPE_ADDRESS if self.pipes else None
         self._tasks = []
         self._started_at = time.monotonic()
-        self.credentials = Credentials.generate() if zap is not None else None
+        self.credentials = Credentials.generate() if zap is not None and not self.pipes else None
 
     # ----- lifecycle -----
     async def start(self) -> None:
-        self._sock, self.address = open_link(self.credentials, self.zap, AGENT_DOMAIN, self.bind_host,
-                                             self.advertise_host, self._on_readable)
+        if not self.pipes:
+            self._sock, self.address = open_link(self.credentials, self.zap, AGENT_DOMAIN, self.bind_host,
+                                                 self.advertise_host, self._on_readable)
         self._loop = asyncio.get_running_loop()
         self._tasks.append(asyncio.ensure_future(self._watch()))
         self._started_at = time.monotonic()
+        self._start_agents()
+
+    def _start_agents(self) -> None:
         self.starter.start(self._agent_argv())
+        if self.pipes:
+            if self._channel is not None:
+                self._channel.close()  # the pipes of an agent that died
+            agent = next(iter(self.agents.values()))
+            proc = self.starter.process
+            self._channel = PipeChannel(proc.stdin, proc.stdout, lambda frames: self._on_frames(agent, frames),
+                                        lambda: None)  # its exit is seen by _watch
 
     def _agent_argv(self) -> list:
         s = self.settings
         argv = [sys.executable, "-m", "qcg_hier_agent", "--manager", self.address,
-                "--log-file", os.path.join(self.service_dir, "agent-%n.log"),
+                "--log-file", os.path.join(self.service_dir, AGENT_LOG),
                 "--heartbeat-interval", str(s.heartbeat), "--manager-timeout", str(s.timeout)]
         if self.credentials is not None:
             keys = self.credentials.keys_file(os.path.join(self.service_dir, "agent-keys.json"))
@@ -185,8 +204,11 @@ class AgentLauncher:
                     proc.wait()
         for task in self._tasks:
             task.cancel()
-        self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
-        self._sock.close(0)
+        if self._channel is not None:
+            self._channel.close()
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+            self._sock.close(0)
 
     # ----- outgoing -----
     def launch(self, tasks, now: float) -> None:
@@ -211,11 +233,14 @@ class AgentLauncher:
                 frame = protocol.encode(agent.outbox)
                 agent.outbox = []
                 agent.last_sent = now
+                if self._channel is not None:
+                    self._channel.send(frame)
+                    continue
                 try:
                     self._sock.send_multipart([agent.name.encode(), frame], flags=zmq.NOBLOCK)
                 except zmq.ZMQError as exc:
                     log.warning("cannot send to agent %s: %s", agent.name, exc)
-        if not self._check_pending and self._loop is not None:
+        if not self._check_pending and self._sock is not None:
             # the socket's descriptor is edge-triggered: after a send, look for input ourselves
             self._check_pending = True
             self._loop.call_soon(self._on_readable)
@@ -240,24 +265,36 @@ class AgentLauncher:
                 log.warning("a connection from unknown agent %r ignored", ident)
                 continue
             agent.last_seen = now
-            try:
-                messages = protocol.decode(frame)
-            except Exception:
-                log.warning("agent %s sent an undecodable frame", agent.name)
-                continue
-            for msg in messages:
-                kind = msg[0]
-                if kind == "done":
-                    finished.append((msg[1], self._outcome(msg)))
-                elif kind == "ready":
-                    self._agent_ready(agent, msg[1])
-                elif kind == "bye":
-                    agent.alive = False
+            self._on_frame(agent, frame, finished)
         else:
             self._check_pending = True  # busy agents keep the socket full: go on in the next turn,
             self._loop.call_soon(self._on_readable)  # after timers and requests
         if finished:
             self.cb.on_finished(finished)
+
+    def _on_frames(self, agent: Agent, frames: list) -> None:
+        """Frames from a local agent's pipe."""
+        agent.last_seen = time.monotonic()
+        finished = []
+        for frame in frames:
+            self._on_frame(agent, frame, finished)
+        if finished:
+            self.cb.on_finished(finished)
+
+    def _on_frame(self, agent: Agent, frame, finished: list) -> None:
+        try:
+            messages = protocol.decode(frame)
+        except Exception:
+            log.warning("agent %s sent an undecodable frame", agent.name)
+            return
+        for msg in messages:
+            kind = msg[0]
+            if kind == "done":
+                finished.append((msg[1], self._outcome(msg)))
+            elif kind == "ready":
+                self._agent_ready(agent, msg[1])
+            elif kind == "bye":
+                agent.alive = False
 
     def _outcome(self, msg) -> Outcome:
         _, tid, pid, rc, start, end, cpu, maxrss, reason, error = msg
@@ -323,7 +360,7 @@ class AgentLauncher:
                     self.cb.on_fatal("the node agent keeps dying (6 times within a minute): see agent-*.log")
                     return
                 log.warning("restarting the node agent")
-                self.starter.start(self._agent_argv())
+                self._start_agents()
             self.flush()
 
     def _lose(self, agent: Agent, why: str) -> None:

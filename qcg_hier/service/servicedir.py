@@ -1,17 +1,13 @@
 """The service directory `<wd>/.qcgpjm-service-<id>/`: logs, address, final status."""
 import logging
 import os
-import socket
 from pathlib import Path
 
 import orjson
 
-SERVICE_DIR_PREFIX = ".qcgpjm-service-"
+from .naming import SERVICE_DIR_PREFIX, default_instance_id  # noqa: F401 (the names are used from here)
+
 LOG_FORMAT = "%(asctime)-15s: %(message)s"
-
-
-def default_instance_id() -> str:
-    return f"{socket.gethostname()}.{os.getpid()}"
 
 
 def make_service_dir(wd: Path, instance_id: str) -> Path:
