@@ -1,14 +1,17 @@
 """Node-local launcher agent of qcg-hier.
 
 One agent runs on every compute node.  It talks to the manager over a single
-zmq DEALER socket (identity = node name), spawns the tasks it is told to run
+zmq DEALER socket (identity = node name), or, with ``--manager stdio``, over its
+stdin and stdout when the manager is its parent; it spawns the tasks it is told to run
 (``os.posix_spawn``, one process group per task), binds them to CPUs, enforces
 wall time, kills them on cancel, reaps them and reports their exits in batches
 together with their resource usage.
 
 Wire format: every zmq message is ONE frame holding an orjson-encoded JSON
 array of messages; each message is a JSON array whose first element is its
-kind.
+kind.  Over stdin/stdout each frame comes after its length (4 bytes,
+big-endian).  With ``--config-from-stdin`` (an agent started ahead of its
+manager) the first line of stdin is a JSON list of further arguments.
 
 manager -> agent::
 
@@ -50,6 +53,7 @@ import argparse
 import faulthandler
 import heapq
 import logging
+import mmap
 import os
 import signal
 import stat
@@ -100,8 +104,44 @@ class LaunchError(Exception):
     """A task could not be started; the message is reported to the manager."""
 
 
+class TaskGuard:
+    """The process groups of the running tasks, in memory shared with the watchdog (see
+    _start_watchdog): slot i holds a group id or 0; slot 0 holds the highest slot ever used.
+
+    Plain stores, no system call and no message: a pipe line per start and per end woke the
+    watchdog twice per task, and on a small machine those wake-ups slowed every task start."""
+
+    SLOTS = 1 << 20  # tasks alive at once on one node; pages are touched only as slots are used
+
+    def __init__(self):
+        self.memory = mmap.mmap(-1, 4 * (self.SLOTS + 1), flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self.slots = memoryview(self.memory).cast("i")
+        self.free: list[int] = []
+        self.top = 0
+
+    def add(self, pgid: int) -> int:
+        if self.free:
+            slot = self.free.pop()
+        elif self.top < self.SLOTS:
+            self.top = slot = self.top + 1
+            self.slots[0] = slot
+        else:
+            return 0  # cannot happen on a real node; the task is then not guarded
+        self.slots[slot] = pgid
+        return slot
+
+    def remove(self, slot: int) -> None:
+        if slot:
+            self.slots[slot] = 0
+            self.free.append(slot)
+
+    def live(self) -> list[int]:
+        slots = self.slots
+        return [slots[i] for i in range(1, slots[0] + 1) if slots[i]]
+
+
 class Task:
-    __slots__ = ("tid", "pid", "start", "wt", "grace", "reason", "alive")
+    __slots__ = ("tid", "pid", "start", "wt", "grace", "reason", "alive", "slot")
 
     def __init__(self, tid, pid, start, wt, grace):
         self.tid = tid
@@ -111,6 +151,7 @@ class Task:
         self.grace = grace
         self.reason = None
         self.alive = True
+        self.slot = 0  # in the TaskGuard
 
 
 STDIO = "stdio"  # --manager stdio: the manager is our parent, over our stdin and stdout
@@ -269,14 +310,14 @@ class Agent:
         self._which_cache: dict = {}
 
         self.by_pid: dict[int, Task] = {}
-        self.guard: list[bytes] = []  # +pgid / -pgid lines for the watchdog (see _start_watchdog)
-        self.guard_fd = None
+        self.guard = None  # a TaskGuard shared with the watchdog, when main() started one
         self.by_tid: dict = {}
         self.heap: list = []
         self._seq = 0
 
         self.orig_cpus = os.sched_getaffinity(0)
         self._checked_cpus = None  # the last CPU list found valid
+        self._checked_binding = None  # and what it binds to (None: the agent's own CPUs)
         self.cwd = None  # last directory we chdir()ed into during this batch
 
         self.now = time.monotonic()
@@ -486,8 +527,6 @@ class Agent:
 
             if not out and not self._backlog and now - self.last_send >= hb:
                 out.append(["hb", time.time()])
-            if self.guard:
-                self._feed_watchdog()
             if out or self._backlog:
                 self._flush(out)
 
@@ -500,16 +539,6 @@ class Agent:
             if fd is not None:
                 self.poller.register(fd, zmq.POLLOUT)
             self._polled_out = fd
-
-    def _feed_watchdog(self) -> None:
-        """Tell the watchdog which task process groups exist (one write per loop turn)."""
-        data = b"".join(self.guard)
-        self.guard.clear()
-        if self.guard_fd is not None:
-            try:
-                os.write(self.guard_fd, data)
-            except OSError:
-                self.guard_fd = None
 
     def _flush(self, out: list) -> bool:
         if self._backlog:
@@ -661,9 +690,10 @@ class Agent:
         return actions
 
     def _check_cpus(self, cpus):
-        """A task's CPU list, checked before anything starts: OS ids this agent may use."""
+        """A task's CPU list, checked before anything starts (OS ids this agent may use); None when
+        it is the agent's own set, which the task inherits (no binding call needed)."""
         if cpus == self._checked_cpus:
-            return cpus
+            return self._checked_binding
         try:
             wanted = {int(c) for c in cpus}
         except (TypeError, ValueError, OverflowError):
@@ -672,7 +702,8 @@ class Agent:
             raise LaunchError(f"cannot bind to CPUs {sorted(wanted)}: this node's agent may use only "
                               f"{sorted(self.orig_cpus)}")
         self._checked_cpus = cpus
-        return cpus
+        self._checked_binding = None if wanted == self.orig_cpus else cpus
+        return self._checked_binding
 
     def _launch(self, tid, spec, out):
         if tid in self.by_tid:
@@ -701,7 +732,7 @@ class Agent:
                 actions = self._redirect(sin, sout, serr, opened)
             cpus = spec.get("cpus") or None
             if cpus is not None:
-                self._check_cpus(cpus)
+                cpus = self._check_cpus(cpus)
             wt = spec.get("wt")
             if wt is not None:
                 wt = float(wt)
@@ -740,7 +771,8 @@ class Agent:
                 except OSError:
                     pass  # already gone
             task = Task(tid, pid, start, wt, grace)
-            self.guard.append(b"+%d\n" % pid)
+            if self.guard is not None:
+                task.slot = self.guard.add(pid)
             self.by_pid[pid] = task
             self.by_tid[tid] = task
             if wt is not None:
@@ -817,6 +849,7 @@ class Agent:
         SIGKILL = signal.SIGKILL
         now = time.time
         exitcode = os.waitstatus_to_exitcode
+        guard = self.guard
         while True:
             try:
                 pid, status, ru = wait4(-1, WNOHANG)
@@ -830,10 +863,11 @@ class Agent:
                 killpg(pid, SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            self.guard.append(b"-%d\n" % pid)
             task = by_pid.pop(pid, None)
             if task is None:
                 continue
+            if guard is not None:
+                guard.remove(task.slot)
             del by_tid[task.tid]
             task.alive = False
             reason = task.reason
@@ -961,10 +995,11 @@ def _private_stderr():
     return stream
 
 
-def _start_watchdog():
+def _start_watchdog(guard: TaskGuard) -> int:
     """Fork, before anything else is set up, a small process that kills every task process
-    group the agent registered if the agent itself disappears (kill -9 included): the agent
-    writes `+pgid` / `-pgid` lines to a pipe; end of file means the agent is gone."""
+    group in `guard` (memory it shares with the agent) if the agent itself disappears (kill -9
+    included): it sleeps on a pipe whose only writer is the agent, and end of file means the
+    agent is gone. Returns the pipe's write end, which the agent just keeps open."""
     read_fd, write_fd = os.pipe()  # both close-on-exec: tasks do not inherit them
     pid = os.fork()
     if pid:
@@ -975,18 +1010,9 @@ def _start_watchdog():
         os.setsid()  # signals aimed at the agent's group must not take the watchdog first
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        live, pending = set(), b""
-        while True:
-            data = os.read(read_fd, 65536)
-            if not data:
-                break
-            *lines, pending = (pending + data).split(b"\n")
-            for line in lines:
-                if line[:1] == b"+":
-                    live.add(int(line[1:]))
-                elif line[:1] == b"-":
-                    live.discard(int(line[1:]))
-        for pgid in live:
+        while os.read(read_fd, 4096):
+            pass
+        for pgid in guard.live():
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except OSError:
@@ -1059,7 +1085,8 @@ def main(argv=None) -> int:
         log.error("CURVE requested but libzmq has no CURVE support")
         return EXIT_USAGE
 
-    guard_fd = _start_watchdog()
+    guard = TaskGuard()
+    _start_watchdog(guard)  # its pipe stays open in the agent: the pipe's end is the agent's death
     agent = Agent(
         _normalize_address(args.manager),
         args.node,
@@ -1071,5 +1098,5 @@ def main(argv=None) -> int:
         detach_stdio=True,
         initial_input=initial_input,
     )
-    agent.guard_fd = guard_fd
+    agent.guard = guard
     return agent.run()

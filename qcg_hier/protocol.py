@@ -6,6 +6,8 @@
   manager -> agent: ["env", {...}], ["run", tid, spec], ["cancel", tid, grace], ["ping", x], ["exit"]
   agent -> manager: ["ready", {...}], ["done", tid, pid, rc, start, end, cpu, maxrss_kb, reason, error],
                     ["pong", x], ["hb", t], ["bye", node]
+  Agents on nodes: zmq frames; a local agent (the service's child): its stdin/stdout, each frame
+  after its length (4 bytes, big-endian; launch/pipelink.py).
 * Governor <-> child (qcg_hier/governor/): the same framing.
   governor -> child: ["job", description], ["give", name, [[a, b), ...]], ["cancel", name, [its]],
                      ["forget", name], ["hb"], ["exit", why]

@@ -357,7 +357,7 @@ def test_cancel_grace_then_sigkill(agent, tmp_path):
 def test_cpu_binding(agent, tmp_path):
     cpus = sorted(os.sched_getaffinity(0))
     code = "import os; print(sorted(os.sched_getaffinity(0)))"
-    specs = {1: [cpus[0]], 2: [cpus[-1]], 3: None}
+    specs = {1: [cpus[0]], 2: [cpus[-1]], 3: None, 5: cpus}
     agent.send(*[["run", tid, agent.task([sys.executable, "-c", code], stdout=str(tmp_path / f"{tid}.txt"),
                                          cpus=c)] for tid, c in specs.items()])
     for tid, c in specs.items():
@@ -705,7 +705,6 @@ def test_tasks_die_with_the_agent_even_on_kill_9(tmp_path):
         while (not pidfile.exists() or len(pidfile.read_text().split()) < 2) and _time.time() < deadline:
             _time.sleep(0.05)
         pids = [int(p) for p in pidfile.read_text().split()]
-        _time.sleep(0.3)  # the agent's loop turn that registers the task with the watchdog
         agent.send_signal(_signal.SIGKILL)
         agent.wait(5)
         deadline = _time.time() + 5

@@ -31,6 +31,7 @@ from .servicedir import write_final_status
 
 log = logging.getLogger("qcg_hier")
 CANCEL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled task, as upstream
+START_BEFORE_REPLY = 64  # jobs: a submit of at most this many starts its tasks before it is answered
 
 
 def _without_system_core(nodes: list) -> list:
@@ -89,6 +90,7 @@ class ManagerService:
         self.publisher = None
         self.noj_wanted = False  # someone was told "not all finished": NOJ is owed at the end
         self.events_since_noj = False  # IFI/JFI published since the last NOJ
+        self._start_before_reply = False
         self.reply_delay = 0.0  # set by a handler: the network interface holds that reply back
         self._pass_pending = False
         self._done = asyncio.Event()
@@ -278,11 +280,18 @@ class ManagerService:
     # ------------------------------------------------------------ requests
     def handle(self, request) -> dict:
         response = self.handlers.handle(request)
-        self._kick()
+        if self._start_before_reply:
+            self._start_before_reply = False
+            self._schedule_pass()
+        else:
+            self._kick()
         return response
 
     def submit(self, specs, descriptions=None) -> list[str]:
         names = self.core.submit(specs, time.time())
+        # a small submit's tasks start before its reply goes (a client waiting for them gains that
+        # time); a large one is answered first
+        self._start_before_reply = len(specs) <= START_BEFORE_REPLY
         if self.journal is not None:  # recorded before the reply is sent
             self.journal.record({"submit": descriptions if descriptions is not None else
                                  [spec.to_dict() for spec in specs]})
