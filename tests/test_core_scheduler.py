@@ -325,6 +325,21 @@ class TestSubmit:
         sim.run_all()
         assert [t.label for t in sim.started] == ["a", "b", "c"]
 
+    def test_long_chain_listed_last_job_first(self):
+        """A chain deeper than Python's recursion limit, each job naming the one after it."""
+        sim = Sim("2")
+        n = 5000
+        sim.submit(*[spec(f"x{i}", after=[f"x{i + 1}"] if i < n - 1 else None) for i in range(n)])
+        assert len(sim.s.jobs) == n
+
+    def test_cycle_at_the_end_of_a_long_chain_is_named(self):
+        sim = Sim("2")
+        n = 3000
+        specs = [spec(f"x{i}", after=[f"x{i + 1}"]) for i in range(n - 1)] + [spec(f"x{n - 1}", after=[f"x{n - 3}"])]
+        with pytest.raises(SubmitError, match=f"Dependency cycle: x{n - 3} -> x{n - 2} -> x{n - 1} -> x{n - 3}"):
+            sim.s.submit(specs, 0)
+        assert sim.s.jobs == {}
+
     def test_dependency_on_later_job_in_batch(self):
         sim = Sim("2")
         sim.submit(spec("b", after=["a"]), spec("a"))

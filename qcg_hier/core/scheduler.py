@@ -92,7 +92,7 @@ class Scheduler:
             why = never_fits[req]
             if why:
                 raise SubmitError(f"Not enough resources for job {spec.name}: {why}")
-        self._check_cycles(specs)
+        self._check_cycles(specs, names)
 
     def _sizer(self, spec):
         res = spec.resources
@@ -114,30 +114,47 @@ class Scheduler:
         return None
 
     @staticmethod
-    def _check_cycles(specs: list) -> None:
-        """Only jobs of one request can form a cycle: earlier jobs cannot name later ones."""
-        graph = {s.name: [d.partition(":")[0] for d in s.after] for s in specs if s.after}
+    def _check_cycles(specs: list, names: set) -> None:
+        """Only jobs of one request can form a cycle: earlier jobs cannot name later ones. So the
+        graph holds only the edges between jobs of the request (`names`)."""
+        targets_of = {}  # dependency list -> the jobs it names: jobs of a request share a few lists
+        graph = {}
         for spec in specs:
-            for dep in spec.after:
-                if dep.partition(":")[0] == spec.name:
-                    raise SubmitError(f"Dependency cycle: job {spec.name} depends on itself ({dep})")
-        state = {}
-
-        def visit(name, path):
-            state[name] = 1
-            for nxt in graph.get(name, ()):
-                if nxt not in graph:
-                    continue
-                if state.get(nxt) == 1:
-                    cycle = path[path.index(nxt):] + [nxt]
-                    raise SubmitError("Dependency cycle: " + " -> ".join(cycle))
-                if nxt not in state:
-                    visit(nxt, path + [nxt])
-            state[name] = 2
-
-        for name in graph:
-            if name not in state:
-                visit(name, [name])
+            after = spec.after
+            if not after:
+                continue
+            targets = targets_of.get(after)
+            if targets is None:
+                targets = targets_of[after] = [d.partition(":")[0] for d in after]
+            if spec.name in targets:
+                dep = after[targets.index(spec.name)]
+                raise SubmitError(f"Dependency cycle: job {spec.name} depends on itself ({dep})")
+            inside = [t for t in targets if t in names]
+            if inside:
+                graph[spec.name] = inside
+        # depth-first, without recursion: a request may list a long chain last job first
+        state = {}  # 1: on the current path, 2: done
+        for root in graph:
+            if root in state:
+                continue
+            state[root] = 1
+            path, stack = [root], [iter(graph[root])]
+            while stack:
+                for nxt in stack[-1]:
+                    if nxt not in graph:
+                        continue
+                    seen = state.get(nxt)
+                    if seen == 1:
+                        cycle = path[path.index(nxt):] + [nxt]
+                        raise SubmitError("Dependency cycle: " + " -> ".join(cycle))
+                    if seen is None:
+                        state[nxt] = 1
+                        path.append(nxt)
+                        stack.append(iter(graph[nxt]))
+                        break
+                else:
+                    state[path.pop()] = 2
+                    stack.pop()
 
     # ================================================================ dependencies
     def _dep_status(self, dep: str):
