@@ -331,7 +331,6 @@ class ManagerService:
             return
         now = time.time()
         core = self.core
-        journaled = []
         started = core.schedule(now)
         if len(started) >= core.max_starts:
             self._kick()  # a slice of the work: the rest after a turn of the loop (heartbeats, requests)
@@ -340,9 +339,9 @@ class ManagerService:
                 record = self.journal.started
                 for task in started:
                     record(task.job.name, task.it)
-                # before the launch, in one write with the ends that freed the cores
-                journaled = core.drain_events()
-                self._journal_ends(journaled)
+            # before the launch: the starts in one journal write with the ends that freed the cores,
+            # and those ends in jobs.report right after (a crash between the two loses a line)
+            self._process_events()
             if self.parent_link is not None:
                 self.parent_link.started(started)
             if self.fake:
@@ -353,7 +352,7 @@ class ManagerService:
                 self.launcher.launch(started, now)
                 if self.executing_on_launch:
                     core.executing(started, now)
-        self._process_events(journaled)
+        self._process_events()
         if self.parent_link is not None:
             self.parent_link.flush()  # the starts, when no event asked for a flush
         self._check_done()
@@ -392,14 +391,12 @@ class ManagerService:
         self.exit_code = 1
         self._on_signal(signal.SIGTERM)
 
-    def _process_events(self, journaled: list = ()) -> None:
-        """Events go to the journal first, then to the parent, jobs.report and the publisher;
-        `journaled`: events already drained and journaled by the caller."""
+    def _process_events(self) -> None:
+        """Events go to the journal first (with the starts recorded since its last write), then to
+        the parent, jobs.report and the publisher."""
         events = self.core.drain_events()
         if self.journal is not None:
             self._journal_ends(events)
-        if journaled:
-            events = journaled + events
         if not events:
             return
         if self.parent_link is not None:
