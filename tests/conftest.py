@@ -249,13 +249,17 @@ def run_service(wd: Path, requests, *, nodes: str | None = "2,2", args=(), timeo
     if expect_rc is not None and run.returncode != expect_rc:
         pytest.fail(f"the service exited {run.returncode}, expected {expect_rc}\n{run.describe()}")
     if check_leftovers:
-        # the agents get a moment to go after the service itself has exited
-        wait_for(lambda: not leftover_processes(run.sdir), 5)
-        left = leftover_processes(run.sdir)
-        for p in left:
-            p.kill()
-        assert not left, f"processes left behind by the service: {[p.info['cmdline'] for p in left]}"
+        assert_no_leftovers(run.sdir, 5)  # the agents get a moment to go after the service has exited
     return run
+
+
+def assert_no_leftovers(sdir: Path, grace: float) -> None:
+    """Nothing of the service may still run `grace` seconds on; whatever does is killed, and fails the test."""
+    wait_for(lambda: not leftover_processes(sdir), grace)
+    left = leftover_processes(sdir)
+    for p in left:
+        p.kill()
+    assert not left, f"processes left behind by the service: {[p.info['cmdline'] for p in left]}"
 
 
 def start_service(wd: Path, requests, *, nodes: str | None = "2,2", args=(), env: dict | None = None) -> ServiceRun:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SERVICE_ID, ServiceRun, env_file, leftover_processes, service_command, wait_for  # noqa: F401
+from conftest import (SERVICE_ID, ServiceRun, assert_no_leftovers, env_file, leftover_processes,  # noqa: F401
+                      service_command, wait_for)
 from net_helpers import kill_tree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -131,11 +132,7 @@ def finish_salloc(run: ServiceRun, timeout: float = 60, expect_rc: int | None = 
     if expect_rc is not None and run.returncode != expect_rc:
         pytest.fail(f"salloc + qcg-pm-service exited {run.returncode}, expected {expect_rc}\n{describe(run)}")
     # the allocation is gone: Slurm has ended the agents' step; nothing of this service may remain
-    wait_for(lambda: not leftover_processes(run.sdir), 10)
-    left = leftover_processes(run.sdir)
-    for p in left:
-        p.kill()
-    assert not left, f"processes left behind: {[p.info['cmdline'] for p in left]}"
+    assert_no_leftovers(run.sdir, 10)
     return run
 
 

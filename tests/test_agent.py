@@ -504,6 +504,23 @@ def test_log_file(mgr, tmp_path):
     assert "logged" in text and "exit requested" in text
 
 
+def _ready_then_exit(router, proc, node: str) -> None:
+    """The agent `node` says ready, is told to exit, says bye and exits 0; whatever happens, the
+    agent and the router are gone afterwards."""
+    try:
+        assert router.poll(WAIT * 1000)
+        ident, frame = router.recv_multipart()
+        assert ident == node.encode() and orjson.loads(frame)[0][0] == "ready"
+        router.send_multipart([ident, orjson.dumps([["exit"]])])
+        assert orjson.loads(router.recv_multipart()[1]) == [["bye", node]]
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        router.close(0)
+
+
 def test_ipc_transport(tmp_path):
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
@@ -511,19 +528,8 @@ def test_ipc_transport(tmp_path):
     addr = f"ipc://{tmp_path}/mgr.sock"
     router.bind(addr)
     proc = subprocess.Popen([*AGENT_CMD, "--manager", addr, "--node", "ipc-node"], stdin=subprocess.DEVNULL)
-    try:
-        assert router.poll(WAIT * 1000)
-        ident, frame = router.recv_multipart()
-        assert ident == b"ipc-node" and orjson.loads(frame)[0][0] == "ready"
-        router.send_multipart([ident, orjson.dumps([["exit"]])])
-        assert orjson.loads(router.recv_multipart()[1]) == [["bye", "ipc-node"]]
-        assert proc.wait(WAIT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        router.close(0)
-        ctx.term()
+    _ready_then_exit(router, proc, "ipc-node")
+    ctx.term()
 
 
 # --------------------------------------------------------------------- over its stdin and stdout
@@ -625,17 +631,8 @@ def test_options_from_stdin(tmp_path):
         assert not router.poll(0)
         proc.stdin.write(orjson.dumps(["--manager", f"tcp://127.0.0.1:{port}", "--node", "ahead"]) + b"\n")
         proc.stdin.close()
-        assert router.poll(WAIT * 1000)
-        ident, frame = router.recv_multipart()
-        assert ident == b"ahead" and orjson.loads(frame)[0][0] == "ready"
-        router.send_multipart([ident, orjson.dumps([["exit"]])])
-        assert orjson.loads(router.recv_multipart()[1]) == [["bye", "ahead"]]
-        assert proc.wait(WAIT) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        router.close(0)
+        _ready_then_exit(router, proc, "ahead")
         ctx.term()
 
 

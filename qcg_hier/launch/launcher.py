@@ -167,8 +167,7 @@ class AgentLauncher:
                 self._channel.close()  # the pipes of an agent that died
             agent = next(iter(self.agents.values()))
             proc = self.starter.process
-            self._channel = PipeChannel(proc.stdin, proc.stdout, lambda frames: self._on_frames(agent, frames),
-                                        lambda: None)  # its exit is seen by _watch
+            self._channel = PipeChannel(proc.stdin, proc.stdout, lambda frames: self._on_frames(agent, frames))
 
     def _agent_argv(self) -> list:
         s = self.settings

@@ -12,13 +12,14 @@ READS_PER_TURN = 16  # reads of up to 64 kB per turn of the event loop
 
 
 class PipeChannel:
-    def __init__(self, write_file, read_file, on_frames, on_end):
-        """`on_frames(list of frames)`; `on_end()` once the agent has closed its stdout."""
+    def __init__(self, write_file, read_file, on_frames):
+        """`on_frames(list of frames)`. The agent's end (it closed its stdout) closes the channel;
+        the launcher learns of the agent's exit from the process itself."""
         self._files = (write_file, read_file)  # kept: their descriptors live as long as they do
         self.wfd, self.rfd = write_file.fileno(), read_file.fileno()
         os.set_blocking(self.wfd, False)
         os.set_blocking(self.rfd, False)
-        self.on_frames, self.on_end = on_frames, on_end
+        self.on_frames = on_frames
         self._in = bytearray()
         self._out = bytearray()
         self._loop = asyncio.get_running_loop()
@@ -76,7 +77,6 @@ class PipeChannel:
             self.on_frames(frames)
         if ended:
             self.close()
-            self.on_end()
 
     def close(self) -> None:
         if self.closed:

@@ -34,6 +34,11 @@ CANCEL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled task, 
 START_BEFORE_REPLY = 64  # jobs: a submit of at most this many starts its tasks before it is answered
 
 
+def _small_submit(request) -> bool:
+    jobs = request.get("jobs") if isinstance(request, dict) and request.get("request") == "submit" else None
+    return isinstance(jobs, list) and len(jobs) <= START_BEFORE_REPLY
+
+
 def _without_system_core(nodes: list) -> list:
     """--system-core: one core of the first node that has more than one is kept for the service.
 
@@ -90,7 +95,6 @@ class ManagerService:
         self.publisher = None
         self.noj_wanted = False  # someone was told "not all finished": NOJ is owed at the end
         self.events_since_noj = False  # IFI/JFI published since the last NOJ
-        self._start_before_reply = False
         self.reply_delay = 0.0  # set by a handler: the network interface holds that reply back
         self._pass_pending = False
         self._done = asyncio.Event()
@@ -280,18 +284,14 @@ class ManagerService:
     # ------------------------------------------------------------ requests
     def handle(self, request) -> dict:
         response = self.handlers.handle(request)
-        if self._start_before_reply:
-            self._start_before_reply = False
-            self._schedule_pass()
+        if _small_submit(request):
+            self._schedule_pass()  # its tasks start before its reply goes: a waiting client gains that time
         else:
-            self._kick()
+            self._kick()  # after the reply (a large submit is answered first)
         return response
 
     def submit(self, specs, descriptions=None) -> list[str]:
         names = self.core.submit(specs, time.time())
-        # a small submit's tasks start before its reply goes (a client waiting for them gains that
-        # time); a large one is answered first
-        self._start_before_reply = len(specs) <= START_BEFORE_REPLY
         if self.journal is not None:  # recorded before the reply is sent
             self.journal.record({"submit": descriptions if descriptions is not None else
                                  [spec.to_dict() for spec in specs]})
