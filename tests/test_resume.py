@@ -404,6 +404,63 @@ def test_torn_last_journal_line_is_dropped_before_appending(tmp_path, background
     assert res.final_status()["States"]["SUCCEED"] == 2
 
 
+def _drop_report_entries(path: Path, names: set[str], fmt: str) -> None:
+    """Remove the entries of `names` from a report: what a crash between the journal write and
+    the report write leaves."""
+    lines = path.read_text().splitlines(keepends=True)
+    kept, dropping = [], False
+    for line in lines:
+        if fmt == "json":
+            if json.loads(line)["name"] not in names:
+                kept.append(line)
+            continue
+        if not line.startswith("\t"):
+            dropping = line.split(" (", 1)[0] in names
+        if not dropping:
+            kept.append(line)
+    path.write_text("".join(kept))
+
+
+@pytest.mark.parametrize("fmt, lost", [("json", True), ("text", True), ("json", False)])
+def test_ends_journaled_but_not_reported_at_the_crash_are_reported_at_resume(tmp_path, background, fmt, lost):
+    wd = tmp_path / "wd"
+    jobs = [{"name": "gate", "execution": {"script": "until [ -e release ]; do sleep 0.05; done"}},
+            {"name": "T", "iteration": {"stop": 3}, "execution": {"exec": "/bin/true"}}]
+    run = start_service(wd, [{"request": "submit", "jobs": jobs}, FINISH], nodes="4",
+                        args=["--report-format", fmt])
+    background.append(run)
+    wait_journal(run, lambda r: its_in(r, "fin")["T"] == {0, 1, 2}, quiet=0.2)
+    crash(run)
+    last = journal_records(wd)[-1]
+    assert "fin" in last, last
+    in_last = {f"T:{i}" for i in its_in([last], "fin")["T"]}
+    if in_last == {"T:0", "T:1", "T:2"}:
+        in_last.add("T")  # the job ended in that pass too
+    report = wd / SERVICE_DIR / "jobs.report"
+    if lost:
+        _drop_report_entries(report, in_last, fmt)
+    (wd / "release").touch()
+
+    res = resume(wd, "--report-format", fmt)
+    check_ok(res)
+    text = report.read_text()
+    if fmt == "json":
+        entries = [json.loads(line) for line in text.splitlines()]
+        names = collections.Counter(e["name"] for e in entries)
+        for name in ("T:0", "T:1", "T:2", "T"):
+            assert names[name] == 1, (name, names)
+        assert all(e["state"] == "SUCCEED" for e in entries if e["name"].startswith("T"))
+        repaired = {e["name"] for e in entries if "died before writing" in e.get("messages", "")}
+    else:
+        heads = [line for line in text.splitlines() if line and not line.startswith("\t")]
+        names = collections.Counter(line.split(" (", 1)[0] for line in heads)
+        assert all(names[n] == 1 for n in ("T:0", "T:1", "T:2", "T")), names
+        assert all(" (SUCCEED)" in line for line in heads if line.startswith("T"))
+        repaired = {line.split(" (", 1)[0] for line in heads if "died before writing" in line}
+    assert repaired == (in_last if lost else set())
+    assert ("entries the dead run had journaled" in resumed_log(res)) == lost
+
+
 def test_large_job_resumes_fast_and_the_journal_stays_compact(tmp_path, background):
     wd = tmp_path / "wd"
     total = 200_000

@@ -32,6 +32,7 @@ from .servicedir import write_final_status
 log = logging.getLogger("qcg_hier")
 CANCEL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled task, as upstream
 START_BEFORE_REPLY = 64  # jobs: a submit of at most this many starts its tasks before it is answered
+LOST_REPORT_MESSAGE = "reported at --resume: the service died before writing this entry"
 
 
 def _small_submit(request) -> bool:
@@ -472,10 +473,36 @@ class ManagerService:
         for job, its in started.items():
             core.mark_retry(job, its, now)
             retried += sum(1 for it in its if job in core.jobs and not core.jobs[job].iteration_state(it).is_final)
-        core.drain_events()  # their reports and events were written by the run that died
+        core.drain_events()  # their reports and events were written by the run that died...
         log.info("resumed from the journal: %d jobs, %d iterations finished, %d running at the crash run again",
                  len(core.jobs), sum(n for s, n in core.it_counts.items() if s.is_final), retried)
+        if records and "fin" in records[-1] and self.report.enabled:
+            self._report_ends_lost(records[-1]["fin"])  # ...unless it died just before that write
         return file_index
+
+    def _report_ends_lost(self, fin: dict) -> None:
+        """The dead run journaled these ends last: jobs.report gets those of them it lacks (the run
+        died between the two writes). Their history and resource usage died with it."""
+        entries = []
+        for state, jobs in fin.items():
+            for name, ranges in jobs.items():
+                job = self.core.jobs.get(name)
+                if job is None:
+                    continue
+                if job.iterative:
+                    entries += [reports.iteration_entry(job, it, JobState(state), None)
+                                for a, b in ranges for it in range(a, b)]
+                if job.state.is_final:
+                    entries.append(reports.job_entry(job))
+        present = reports.last_entry_names(self.report.path, self.report.format, len(entries))
+        lost = [e for e in entries if e["name"] not in present]
+        for entry in lost:
+            entry["messages"] = "; ".join(filter(None, (entry.get("messages"), LOST_REPORT_MESSAGE)))
+            self.report.add(entry)
+        self.report.flush()
+        if lost:
+            log.warning("--resume: %d jobs.report entries the dead run had journaled but not written "
+                        "are written now", len(lost))
 
     def _publish(self, events) -> None:
         """Upstream's topics: IST/JST on a change, IFI/JFI when final, NOJ when everything ended."""

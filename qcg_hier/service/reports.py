@@ -1,4 +1,6 @@
 """`jobs.report`: one entry per finished iteration and per finished job, written in batches."""
+import os
+import re
 import time
 
 import orjson
@@ -47,6 +49,41 @@ def job_entry(job: Job) -> dict:
     if job.messages:
         entry["messages"] = "; ".join(job.messages)
     return entry
+
+
+_TEXT_HEADER = re.compile(rb"(.*?) \(([A-Z]+)\)(?: |$)")
+
+
+def last_entry_names(path, fmt: str, count: int) -> set[str]:
+    """The names of the last `count` entries of a report (read from its end, never in whole)."""
+    if count <= 0 or fmt == "none":
+        return set()
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return set()
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        data = b""
+        while True:
+            start = max(0, end - 65536)
+            f.seek(start)
+            data = f.read(end - start) + data
+            end = start
+            lines = data.split(b"\n")
+            heads = [ln for ln in (lines if start == 0 else lines[1:]) if ln and not ln.startswith(b"\t")]
+            if len(heads) >= count or start == 0:
+                return {_entry_name(ln, fmt) for ln in heads[-count:]} - {None}
+
+
+def _entry_name(line: bytes, fmt: str) -> str | None:
+    try:
+        if fmt == "json":
+            return orjson.loads(line)["name"]
+        m = _TEXT_HEADER.match(line)
+        return m.group(1).decode() if m else None
+    except (orjson.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        return None  # a line torn by the crash
 
 
 def _text(entry: dict) -> str:
