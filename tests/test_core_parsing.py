@@ -791,3 +791,33 @@ def test_maximum_iters_large_is_constant_time():
     assert sizer.size(48 * 208302 + 45) == 1 and sizer.size(48 * 208302 + 46) == 2
     assert sizer.size(10 ** 7 - 1) == 2
     assert time.perf_counter() - t0 < 0.1
+
+
+# ---------------------------------------------------------------- shared specs
+def test_equal_executions_and_resources_share_one_spec_and_different_ones_do_not():
+    res = {"numCores": {"min": 2, "max": 4}, "wt": "10s"}
+    a = parse_job({"name": "a", "execution": {"exec": "/bin/echo", "args": ["x"]}, "resources": res})
+    b = parse_job({"name": "b", "execution": {"exec": "/bin/echo", "args": ["x"]}, "resources": dict(res)})
+    c = parse_job({"name": "c", "execution": {"exec": "/bin/echo", "args": ["y"]},
+                   "resources": {"numCores": {"min": 2, "max": 5}, "wt": "10s"}})
+    assert a.execution is b.execution and a.resources is b.resources
+    assert c.execution is not a.execution and c.execution.args == ("y",)
+    assert c.resources is not a.resources and c.resources.cores.max == 5 and c.resources.wt == 10
+
+
+def test_an_execution_seen_before_is_still_checked_in_another_job():
+    parse_job({"name": "ok", "execution": {"exec": "/bin/true"}})
+    with pytest.raises(JobDescriptionError) as err:
+        parse_job({"name": "bad", "execution": {"exec": "/bin/true", "script": "true"}})
+    assert "bad" in str(err.value) and "exclusive" in str(err.value)
+    with pytest.raises(JobDescriptionError, match="execution.exec"):
+        parse_job({"name": "big", "execution": {"exec": 1 << 70}})  # not even JSON-encodable
+
+
+def test_dependency_lists_are_shared_but_numbers_still_become_names():
+    a = parse_job({"name": "a", "execution": {"exec": "x"}, "dependencies": {"after": ["g", "h:1"]}})
+    b = parse_job({"name": "b", "execution": {"exec": "x"}, "dependencies": {"after": ["g", "h:1"]}})
+    assert a.after is b.after == ("g", "h:1")
+    assert parse_job({"name": "c", "execution": {"exec": "x"}, "dependencies": {"after": [7]}}).after == ("7",)
+    with pytest.raises(JobDescriptionError, match="dependencies.after"):
+        parse_job({"name": "d", "execution": {"exec": "x"}, "dependencies": {"after": [{"job": "g"}]}})

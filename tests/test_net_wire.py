@@ -136,6 +136,48 @@ def test_rejected_submit_accepts_nothing(open_svc):
     assert "half_ok" not in jobs and "half_bad" not in jobs
 
 
+def test_requests_queued_behind_a_large_submit_see_its_jobs(open_svc):
+    """A large submit is answered before its jobs are queued: requests sent right behind it (on
+    the same connection and on another one) must still find every job, and a name given again
+    must be refused."""
+    n = 500
+    jobs = [{"name": f"big_{i}", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["big_gate"]}}
+            for i in range(n)]
+    jobs.append({"name": "big_gate", "execution": {"exec": "/bin/sleep", "args": ["30"]}})
+    first, second = open_svc.socket(), open_svc.socket()
+    try:
+        first.send_multipart([b"", json.dumps({"request": "submit", "jobs": jobs}).encode()])
+        first.send_multipart([b"", b'{"request": "listJobs"}'])
+        first.send_multipart([b"", json.dumps({"request": "submit", "jobs": [jobs[7]]}).encode()])
+        replies = []
+        for _ in range(3):
+            assert first.poll(10_000), "no reply"
+            replies.append(json.loads(first.recv_multipart()[-1]))
+            if len(replies) == 1:  # another client, as soon as the submit is answered
+                second.send_multipart([b"", json.dumps({"request": "jobStatus",
+                                                        "jobNames": [f"big_{n - 1}"]}).encode()])
+        assert second.poll(10_000), "no reply"
+        replies.append(json.loads(second.recv_multipart()[-1]))
+    finally:
+        first.close(0)
+        second.close(0)
+    submitted, listed, again, status = replies
+    assert submitted["code"] == 0 and submitted["data"]["submitted"] == n + 1, submitted
+    assert all(f"big_{i}" in listed["data"]["jobs"] for i in range(n)), "a job of the submit is missing"
+    assert_error(again, "big_7")
+    assert status["data"]["jobs"][f"big_{n - 1}"]["data"]["status"] == "QUEUED", status
+    open_svc.data({"request": "cancelJob", "jobNames": ["big_gate"]})
+    open_svc.wait_final(["big_gate", f"big_{n - 1}"])
+
+
+def test_large_rejected_submit_accepts_nothing(open_svc):
+    jobs = [{"name": f"lr_{i}", "execution": {"exec": "/bin/true"}} for i in range(200)] + \
+           [{"name": "lr_3", "execution": {"exec": "/bin/true"}}]
+    assert_error(open_svc.request({"request": "submit", "jobs": jobs}), "lr_3")
+    listed = open_svc.data({"request": "listJobs"})["jobs"]
+    assert not [name for name in listed if name.startswith("lr_")]
+
+
 def test_binary_garbage(svc):
     garbage = bytes(range(256)) * 40 + b"\x00\xff\xfe"
     assert_error(svc.request(garbage), "Invalid request")

@@ -7,6 +7,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+import orjson
+
 from .errors import JobDescriptionError
 from .resources import Request
 from .variables import uses_launch_variables
@@ -23,6 +25,9 @@ _MODEL_OPTS_KEYS = {"mpirun", "mpirun_args", "srun_args"}
 _RES_KEYS = {"numCores", "numNodes", "wt", "nodeCrs", "tags"}
 _RANGE_KEYS = {"exact", "min", "max", "scheduler"}
 _CRS_KEYS = {"gpu", "mem"}
+_DEP_KEYS = {"after"}
+MEMO_LIMIT = 100_000  # distinct dependency lists remembered (then forgotten at once)
+SPEC_MEMO_LIMIT = 4096  # distinct executions / resources remembered: a sweep of distinct ones gains nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +299,29 @@ _EXEC_FIELDS = {
 }
 
 
+def _shared(memo: dict, parse, obj, job):
+    """A part equal to one parsed before (its JSON text, byte for byte) gets that one's spec: a
+    sweep's jobs often differ only in name, and then they share immutable specs (and the scheduler
+    judges each shared spec once per batch)."""
+    try:
+        key = orjson.dumps(obj)
+    except (orjson.JSONEncodeError, TypeError):
+        key = None  # e.g. an integer beyond 64 bits from a batch file: parsed (and rejected) below
+    spec = memo.get(key)
+    if spec is None:
+        spec = parse(obj, job)
+        if key is not None:
+            if len(memo) >= SPEC_MEMO_LIMIT:
+                memo.clear()
+            memo[key] = spec
+    return spec
+
+
 def parse_execution(obj, job) -> ExecutionSpec:
+    return _shared(_EXECUTIONS, _parse_execution, obj, job)
+
+
+def _parse_execution(obj, job) -> ExecutionSpec:
     if obj is None:
         raise JobDescriptionError(job, "execution", "missing (a job needs 'execution' with 'exec' or 'script')")
     _check_keys(obj, _EXEC_KEYS, job, "execution")
@@ -348,8 +375,10 @@ DEFAULT_RESOURCES = ResourceSpec(cores=Range(1, 1))
 
 
 def parse_resources(obj, job) -> ResourceSpec:
-    if obj is None:
-        return DEFAULT_RESOURCES
+    return DEFAULT_RESOURCES if obj is None else _shared(_RESOURCES, _parse_resources, obj, job)
+
+
+def _parse_resources(obj, job) -> ResourceSpec:
     _check_keys(obj, _RES_KEYS, job, "resources")
     cores = parse_range(obj["numCores"], job, "resources.numCores") if obj.get("numCores") is not None else None
     nodes = parse_range(obj["numNodes"], job, "resources.numNodes") if obj.get("numNodes") is not None else None
@@ -400,11 +429,14 @@ def parse_iteration(obj, job) -> IterationSpec | None:
 def parse_dependencies(obj, job) -> tuple:
     if obj is None:
         return ()
-    _check_keys(obj, {"after"}, job, "dependencies")
+    _check_keys(obj, _DEP_KEYS, job, "dependencies")
     raw = obj.get("after", [])
-    if type(raw) is list and all(type(d) is str for d in raw):
-        known = _TUPLES.get(tuple(raw))  # a list seen before (20,000 jobs after one gate): checked already
-        if known is not None:
+    if type(raw) is list:
+        try:
+            known = _TUPLES.get(tuple(raw))  # a list seen before (20,000 jobs after one gate): checked already
+        except TypeError:  # an unhashable entry: rejected below
+            known = None
+        if known is not None:  # (checked lists hold strings only: a list of anything else never matches)
             return known
     after = _string_list(raw, job, "dependencies.after", allow_single=True)
     for i, dep in enumerate(after):
@@ -415,10 +447,12 @@ def parse_dependencies(obj, job) -> tuple:
             raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed dependency {dep!r} (no job name)")
         if sep and not ((it.isascii() and it.isdigit()) or it == "${it}"):
             raise JobDescriptionError(job, f"dependencies.after[{i}]", f"malformed iteration in dependency {dep!r}")
-    return _TUPLES.setdefault(after, after) if len(_TUPLES) < 100_000 else after
+    return _TUPLES.setdefault(after, after) if len(_TUPLES) < MEMO_LIMIT else after
 
 
 _TUPLES: dict = {}  # checked dependency lists: equal ones share one tuple
+_EXECUTIONS: dict = {}  # JSON text of a valid execution -> its spec
+_RESOURCES: dict = {}  # JSON text of valid resources -> their spec
 
 
 def parse_job(obj) -> JobSpec:
@@ -426,23 +460,20 @@ def parse_job(obj) -> JobSpec:
     if not isinstance(obj, dict):
         raise JobDescriptionError(None, None, f"a job description must be an object, got {type(obj).__name__}")
     name = obj.get("name")
-    label = name if isinstance(name, str) and name else None
-    _check_keys(obj, _JOB_KEYS, label, "")
-    check_job_name(name, label)
+    if not obj.keys() <= _JOB_KEYS:
+        _check_keys(obj, _JOB_KEYS, name if isinstance(name, str) and name else None, "")
+    check_job_name(name, name if isinstance(name, str) and name else None)
     if "execution" not in obj:
         raise JobDescriptionError(name, "execution", "missing (a job needs 'execution' with 'exec' or 'script')")
     attributes = obj.get("attributes")
     if attributes is not None and not isinstance(attributes, dict):
         raise JobDescriptionError(name, "attributes", "must be an object")
-    spec = JobSpec(
-        name=_fresh(name),
-        execution=parse_execution(obj["execution"], name),
-        resources=parse_resources(obj.get("resources"), name),
-        iteration=parse_iteration(obj.get("iteration"), name),
-        after=parse_dependencies(obj.get("dependencies"), name),
-        attributes=attributes or None,
-    )
-    for dep in spec.after:
-        if "${it}" in dep and spec.iteration is None:
-            raise JobDescriptionError(name, "dependencies.after", f"{dep!r} uses ${{it}} but the job has no iterations")
+    # positional: measurably cheaper than keywords at 10,000 jobs per request
+    spec = JobSpec(_fresh(name), parse_execution(obj["execution"], name),
+                   parse_resources(obj.get("resources"), name), parse_iteration(obj.get("iteration"), name),
+                   parse_dependencies(obj.get("dependencies"), name), attributes or None)
+    if spec.after and spec.iteration is None:
+        for dep in spec.after:
+            if "${it}" in dep:
+                raise JobDescriptionError(name, "dependencies.after", f"{dep!r} uses ${{it}} but the job has no iterations")
     return spec

@@ -30,6 +30,19 @@ OK, FAIL, CANC, OMIT = JobState.SUCCEED, JobState.FAILED, JobState.CANCELED, Job
 DEP_WINDOW = 1024  # per-iteration dependencies resolved ahead of need, per job
 
 
+class CheckedBatch:
+    """Job specs that passed admission, with their iteration sizers."""
+    __slots__ = ("specs", "sizers")
+
+    def __init__(self, specs: list, sizers: list):
+        self.specs = specs
+        self.sizers = sizers
+
+    @property
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.specs]
+
+
 class Scheduler:
     def __init__(self, pool, starvation_limit: int | None = None, record_limit: int = 100_000):
         self.pool = pool
@@ -56,8 +69,27 @@ class Scheduler:
     # ================================================================ submit
     def submit(self, specs: list, now: float) -> list[str]:
         """Accept a batch of parsed job specs, all or nothing."""
-        self._check_batch(specs)
-        sizers = [self._sizer(spec) for spec in specs]
+        return self.add(self.check(specs), now)
+
+    def check(self, specs: list) -> "CheckedBatch":
+        """Admission of a batch, all or nothing: raises SubmitError naming the first problem.
+        Nothing that changes the jobs may happen between this and `add` of the batch."""
+        names = self._check_names(specs)
+        sizers = [None] * len(specs)
+        # jobs of a batch mostly share a few (interned) resource specs: each is judged once
+        judged = {}  # id(ResourceSpec) -> whether it has an iteration scheduler
+        for i, spec in enumerate(specs):
+            sized = judged.get(id(spec.resources))
+            if sized is None:
+                sized = judged[id(spec.resources)] = self._check_fit(spec)
+            if sized:
+                sizers[i] = self._sizer(spec)
+        self._check_cycles(specs, names)
+        return CheckedBatch(specs, sizers)
+
+    def add(self, batch: "CheckedBatch", now: float) -> list[str]:
+        """Queue the jobs of a checked batch."""
+        specs, sizers = batch.specs, batch.sizers
         jobs = []
         queued_entry = (Q, now)
         for spec, sizer in zip(specs, sizers):
@@ -74,25 +106,30 @@ class Scheduler:
             self._link_dependencies(job, now)
         return [job.name for job in jobs]
 
-    def _check_batch(self, specs: list) -> None:
-        names = set()
-        never_fits = {}  # Request -> reason or None: jobs of a batch mostly share a few requests
+    def _check_names(self, specs: list) -> set:
+        names = {spec.name for spec in specs}  # set operations: no Python step per job when all is well
+        if len(names) == len(specs) and names.isdisjoint(self.jobs):
+            return names
+        seen = set()
         for spec in specs:
-            if spec.name in self.jobs or spec.name in names:
-                raise SubmitError(f"Job {spec.name} already exist" if spec.name in self.jobs
-                                  else f"Job {spec.name} given twice in one request")
-            names.add(spec.name)
-            if not self.check_fit:
-                continue
-            if spec.resources.cores and spec.resources.cores.scheduler or spec.resources.nodes and spec.resources.nodes.scheduler:
-                continue  # checked by the sizer
-            req = spec.resources.request()
-            if req not in never_fits:
-                never_fits[req] = self.pool.why_never_fits(req)
-            why = never_fits[req]
+            if spec.name in self.jobs:
+                raise SubmitError(f"Job {spec.name} already exist")
+            if spec.name in seen:
+                raise SubmitError(f"Job {spec.name} given twice in one request")
+            seen.add(spec.name)
+        raise AssertionError("unreachable: a duplicate was counted")
+
+    def _check_fit(self, spec) -> bool:
+        """Raises SubmitError if the job can never fit; True if an iteration scheduler sizes it
+        (its sizes are checked by `_sizer`)."""
+        res = spec.resources
+        if res.cores and res.cores.scheduler or res.nodes and res.nodes.scheduler:
+            return True
+        if self.check_fit:
+            why = self.pool.why_never_fits(res.request())
             if why:
                 raise SubmitError(f"Not enough resources for job {spec.name}: {why}")
-        self._check_cycles(specs, names)
+        return False
 
     def _sizer(self, spec):
         res = spec.resources
@@ -534,8 +571,7 @@ class Scheduler:
         old = self.jobs.get(spec.name)
         if old is not None and not old.running:
             self.forget(old)
-        self._check_batch([spec])
-        sizer = self._sizer(spec)
+        sizer = self.check([spec]).sizers[0]
         self._seq += 1
         job = Job(spec, self._seq, (Q, now))
         if sizer is not None:

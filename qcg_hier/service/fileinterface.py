@@ -58,6 +58,7 @@ class FileInterface:
             log.info("file request %d (%s): %s", index + 1,
                      request.get("request") if isinstance(request, dict) else type(request).__name__,
                      orjson.dumps(response).decode())
+            service.after_reply()
             if response.get("code"):
                 log.error("file request %d failed: %s", index + 1, response.get("message"))
             elif isinstance(request, dict) and request.get("request") in self.CHANGING:

@@ -77,7 +77,8 @@ class Handlers:
                   "time": str(now.time()), "dateTime": str(now)}
         specs, descs = [], []  # descs: as substituted, for the journal
         # one C-speed scan of the whole request decides whether any substitution is needed
-        templated = b"$" in orjson.dumps(jobs)
+        text = orjson.dumps(jobs)
+        templated = b"$" in text
         try:
             for desc in jobs:
                 if not isinstance(desc, dict):
@@ -90,7 +91,8 @@ class Handlers:
                     desc = substitute_tree(desc, values)
                 specs.append(parse_job(desc))
                 descs.append(desc)
-            names = self.s.submit(specs, descs)
+            # without substitutions, the journal's copy of the descriptions is this text
+            names = self.s.submit(specs, descs, None if templated else text)
         except (JobDescriptionError, SubmitError) as exc:
             return protocol.error(f"Wrong submit request: {exc}" if isinstance(exc, JobDescriptionError) else str(exc))
         return protocol.ok({"submitted": len(names), "jobs": names}, f"{len(names)} jobs submitted")

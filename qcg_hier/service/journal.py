@@ -45,6 +45,10 @@ class Journal:
     def record(self, entry: dict) -> None:
         self._buffer.append(orjson.dumps(entry) + b"\n")
 
+    def record_json(self, key: str, value_json: bytes) -> None:
+        """record({key: value}) for a value already in JSON text."""
+        self._buffer.append(b'{"%s":%s}\n' % (key.encode(), value_json))
+
     def started(self, job: str, it: int) -> None:
         self._started[job].append(it)
 

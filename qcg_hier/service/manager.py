@@ -10,6 +10,7 @@ import logging
 import signal
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 
 from ..core.resources import ResourcePool
@@ -98,6 +99,7 @@ class ManagerService:
         self.events_since_noj = False  # IFI/JFI published since the last NOJ
         self.reply_delay = 0.0  # set by a handler: the network interface holds that reply back
         self._pass_pending = False
+        self._accepted = deque()  # (checked batch, time) answered but not queued yet: see submit()
         self._done = asyncio.Event()
         self._loop = None
         self.exit_code = 0
@@ -284,6 +286,7 @@ class ManagerService:
 
     # ------------------------------------------------------------ requests
     def handle(self, request) -> dict:
+        self.after_reply()  # a request always sees every job accepted before it
         response = self.handlers.handle(request)
         if _small_submit(request):
             self._schedule_pass()  # its tasks start before its reply goes: a waiting client gains that time
@@ -291,14 +294,41 @@ class ManagerService:
             self._kick()  # after the reply (a large submit is answered first)
         return response
 
-    def submit(self, specs, descriptions=None) -> list[str]:
-        names = self.core.submit(specs, time.time())
+    def submit(self, specs, descriptions=None, descriptions_json: bytes | None = None) -> list[str]:
+        """Admission and the journal record come before the reply. A large batch is queued right
+        after its reply is sent (`after_reply`), before anything else is served: the client does
+        not wait for the jobs' bookkeeping."""
+        now = time.time()
+        batch = self.core.check(specs)
         if self.journal is not None:  # recorded before the reply is sent
-            self.journal.record({"submit": descriptions if descriptions is not None else
-                                 [spec.to_dict() for spec in specs]})
+            if descriptions_json is not None:
+                self.journal.record_json("submit", descriptions_json)
+            else:
+                self.journal.record({"submit": descriptions if descriptions is not None else
+                                     [spec.to_dict() for spec in specs]})
             self.journal.flush()
+        if len(specs) <= START_BEFORE_REPLY or not self._defer(batch, now):
+            self._add(batch, now)
+        return batch.names
+
+    def _defer(self, batch, now: float) -> bool:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False  # no loop (a direct call): nothing would run the deferred part
+        self._accepted.append((batch, now))
+        loop.call_soon(self.after_reply)  # in case the interface does not call it
+        return True
+
+    def after_reply(self) -> None:
+        """Queue the batches accepted but not queued yet (see `submit`)."""
+        while self._accepted:
+            batch, now = self._accepted.popleft()
+            self._add(batch, now)
+
+    def _add(self, batch, now: float) -> None:
+        self.core.add(batch, now)
         self._process_events()
-        return names
 
     def cancel(self, name: str) -> None:
         for task in self.core.cancel(name, time.time()):
@@ -328,6 +358,7 @@ class ManagerService:
 
     def _schedule_pass(self) -> None:
         self._pass_pending = False
+        self.after_reply()
         if not self.launcher.ready:
             return
         now = time.time()

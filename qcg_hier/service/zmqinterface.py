@@ -165,6 +165,7 @@ class ZmqInterface:
             service.reply_delay = 0.0
         else:
             self._reply(frames)
+        service.after_reply()  # work the reply did not wait for
 
     def _reply(self, frames) -> None:
         if self.sock.closed:
