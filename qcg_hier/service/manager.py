@@ -371,9 +371,10 @@ class ManagerService:
                 record = self.journal.started
                 for task in started:
                     record(task.job.name, task.it)
-            # before the launch: the starts in one journal write with the ends that freed the cores,
-            # and those ends in jobs.report right after (a crash between the two loses a line)
-            self._process_events()
+            # before the launch: the starts in one journal write with the ends that freed the cores;
+            # those ends reach jobs.report and the subscribers after it (off the critical path;
+            # --resume writes report lines a crash in between lost)
+            ends = self._journal_events()
             if self.parent_link is not None:
                 self.parent_link.started(started)
             if self.fake:
@@ -384,6 +385,7 @@ class ManagerService:
                 self.launcher.launch(started, now)
                 if self.executing_on_launch:
                     core.executing(started, now)
+            self._deliver(ends)
         self._process_events()
         if self.parent_link is not None:
             self.parent_link.flush()  # the starts, when no event asked for a flush
@@ -426,9 +428,15 @@ class ManagerService:
     def _process_events(self) -> None:
         """Events go to the journal first (with the starts recorded since its last write), then to
         the parent, jobs.report and the publisher."""
+        self._deliver(self._journal_events())
+
+    def _journal_events(self) -> list:
         events = self.core.drain_events()
         if self.journal is not None:
             self._journal_ends(events)
+        return events
+
+    def _deliver(self, events) -> None:
         if not events:
             return
         if self.parent_link is not None:
