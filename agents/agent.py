@@ -42,8 +42,8 @@ How it stays fast (a few tens of microseconds per task on top of the bare
   launches so that the manager can refill the node early);
 * the agent's own descriptors 0-2 are /dev/null (its diagnostics go to a
   private copy of stderr), so tasks without redirections need no file actions;
-* CPU binding is changed lazily (only when the mask needed differs from the
-  current one) and the original mask is restored at the end of the batch;
+* a task is bound to its CPUs after the spawn (the agent itself never moves),
+  and not at all when they are the agent's own set;
 * merged environments and PATH look-ups are cached.
 """
 

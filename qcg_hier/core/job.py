@@ -232,6 +232,11 @@ class Job:
         else:
             self.next_it += 1
 
+    def waiting_to_restart(self) -> list[int]:
+        """Iterations queued again or given by a governor, without those that must not start."""
+        skip = self.skip
+        return [it for source in (self.requeue, self.ready) for it in (source or ()) if not (skip and it in skip)]
+
     def requeue_iteration(self, it: int) -> None:
         if self.requeue is None:
             self.requeue = deque()

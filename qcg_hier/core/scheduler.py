@@ -30,6 +30,19 @@ OK, FAIL, CANC, OMIT = JobState.SUCCEED, JobState.FAILED, JobState.CANCELED, Job
 DEP_WINDOW = 1024  # per-iteration dependencies resolved ahead of need, per job
 
 
+def task_ends(events):
+    """(job, iteration, state, record) of each task end among state events: a final iteration of
+    an iterative job, or the end of a plain job (which has job events only); record None when
+    the job never ran."""
+    for event in events:
+        if event[0] == "it":
+            if event[3].is_final:
+                yield event[1], event[2], event[3], event[4]
+        elif event[0] == "job" and event[2].is_final and not event[1].iterative:
+            job = event[1]
+            yield job, job.start, event[2], job.records.get(job.start) if job.records else None
+
+
 class CheckedBatch:
     """Job specs that passed admission, with their iteration sizers."""
     __slots__ = ("specs", "sizers")
@@ -604,8 +617,7 @@ class Scheduler:
         """Leaving a governor: every given iteration not started yet, {job name: [iterations]}."""
         back = {}
         for job in self.jobs.values():
-            waiting = [it for source in (job.requeue, job.ready) for it in (source or ())
-                       if not (job.skip and it in job.skip)]
+            waiting = job.waiting_to_restart()
             if not waiting:
                 continue
             back[job.name] = waiting
@@ -623,8 +635,7 @@ class Scheduler:
             self.active_jobs -= 1
         for code, n in enumerate(job.counts):
             self.it_counts[STATE_CODES[code]] -= n
-        self.it_counts[Q] -= sum(1 for source in (job.requeue, job.ready) for it in (source or ())
-                                 if not (job.skip and it in job.skip))
+        self.it_counts[Q] -= len(job.waiting_to_restart())
         job.state = CANC  # a stale bucket entry must not start it
         job.queued_under = None
 

@@ -23,6 +23,7 @@ from .. import protocol
 from ..api.manager import resolve_address
 from ..core.errors import CoreError, SubmitError
 from ..core.jobdesc import parse_job
+from ..core.scheduler import task_ends
 from ..core.states import JobState
 from ..auth import Credentials
 from ..service.servicedir import PARENT_FILE, find_service_dirs
@@ -158,16 +159,7 @@ class ParentLink:
         """Iteration ends (and plain jobs' ends) go to the governor."""
         if self.detached:
             return
-        fin = self.fin
-        for event in events:
-            kind = event[0]
-            if kind == "it":
-                _, job, it, state, record = event
-                if state.is_final:
-                    fin.append(fin_entry(job, it, state, record))
-            elif kind == "job" and not event[1].iterative and event[2].is_final:
-                job = event[1]
-                fin.append(fin_entry(job, job.start, event[2], (job.records or {}).get(job.start)))
+        self.fin += [fin_entry(job, it, state, record) for job, it, state, record in task_ends(events)]
         self.flush()
 
     def flush(self) -> None:

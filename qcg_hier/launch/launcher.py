@@ -137,8 +137,7 @@ class AgentLauncher:
         self.bind_host, self.advertise_host = bind_host, advertise_host
         self.agents: dict[str, Agent] = {name: Agent(name) for name in set(routes.values())}
         self.ready = False
-        self._launched: dict[int, tuple] = {}  # tid -> (program name, wd, agent name)
-        self._zctx = zmq.asyncio.Context.instance()
+        self._launched: dict[int, tuple] = {}  # tid -> (program name, wd)
         self._sock = None
         self._loop = None
         self._check_pending = False
@@ -215,7 +214,7 @@ class AgentLauncher:
         for task in tasks:
             spec = build(task, self.ctx)
             agent = routes[task.alloc.shares[0][0].name]
-            self._launched[task.tid] = (program_name(spec), spec["wd"], agent)
+            self._launched[task.tid] = (program_name(spec), spec["wd"])
             agents[agent].outbox.append(["run", task.tid, spec])
         self.flush()
 
@@ -297,7 +296,7 @@ class AgentLauncher:
 
     def _outcome(self, msg) -> Outcome:
         _, tid, pid, rc, start, end, cpu, maxrss, reason, error = msg
-        pname, wd, _agent = self._launched.pop(tid, ("", "", None))
+        pname, wd = self._launched.pop(tid, ("", ""))
         return Outcome(rc, pid, pname, start, end, cpu, maxrss, reason, error, wd)
 
     def _nodes_of(self, agent: Agent) -> list[str]:
@@ -309,7 +308,7 @@ class AgentLauncher:
         cpus = info.get("cpus") or []
         for node in self._nodes_of(agent):
             if self.ctx.binding:
-                self.ctx.cpu_maps[node] = cpus
+                self.ctx.set_node_cpus(node, cpus)
             if self.cb.on_node_ready:
                 self.cb.on_node_ready(node)
         log.info("agent %s ready on %s (pid %s, cpus %s)", agent.name, info.get("host"), info.get("pid"), cpus)

@@ -20,11 +20,20 @@ class TaskContext:
         self.root_wd = root_wd
         self.step_prefix = step_prefix
         self.base_env = base_env  # extra variables every task gets (e.g. QCG_PM_ZMQ_ADDRESS)
-        self.cpu_maps = cpu_maps  # node name -> list of OS CPU ids that slot i maps onto (i % len)
+        self.cpu_maps = cpu_maps  # node name -> list of OS CPU ids that slot i maps onto (see _cpus)
         self.binding = binding
         self.slurm_env = slurm_env  # give tasks SLURM_* variables describing their own allocation
         self.srun_steps = srun_steps  # --disable-nl: every task is an srun step on its own nodes
         self.spec_cache: dict = {}  # (job seq, node, slots) -> a built spec to copy (see build)
+
+    # Specs are cached: every change of what they are built from goes through these two.
+    def update_env(self, variables: dict) -> None:
+        self.base_env.update(variables)
+        self.spec_cache.clear()
+
+    def set_node_cpus(self, node: str, cpus: list) -> None:
+        self.cpu_maps[node] = cpus
+        self.spec_cache.clear()
 
 
 def _launch_values(task, ctx: TaskContext) -> dict:

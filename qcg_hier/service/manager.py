@@ -14,7 +14,7 @@ from collections import deque
 from pathlib import Path
 
 from ..core.resources import ResourcePool
-from ..core.scheduler import Scheduler
+from ..core.scheduler import Scheduler, task_ends
 from ..core.states import JobState
 import sys
 
@@ -178,8 +178,7 @@ class ManagerService:
             self._on_fatal(str(exc))
             return
         if self.task_context is not None:
-            self.task_context.base_env.update(self.parent_link.task_env())
-            self.task_context.spec_cache.clear()
+            self.task_context.update_env(self.parent_link.task_env())
 
     def kick(self) -> None:
         self._kick()
@@ -218,10 +217,10 @@ class ManagerService:
         self.zmq_address, self.pub_address, self.publisher = net.address, net.pub_address, net.publisher
         if self.task_context is not None:
             # tasks may act as application controllers and submit more jobs
-            self.task_context.base_env["QCG_PM_ZMQ_ADDRESS"] = net.address
-            self.task_context.spec_cache.clear()  # specs built before carry the old environment
+            variables = {"QCG_PM_ZMQ_ADDRESS": net.address}
             if net.credentials is not None:
-                self.task_context.base_env.update(net.credentials.client_env())
+                variables.update(net.credentials.client_env())
+            self.task_context.update_env(variables)
         self._advertise()
         log.info("network interface at %s, status publisher at %s, authentication %s", net.address,
                  net.pub_address, "CURVE" if net.credentials else "none")
@@ -463,11 +462,9 @@ class ManagerService:
     def _journal_ends(self, events) -> None:
         """Task ends reach the journal before jobs.report and the publisher."""
         record = self.journal.finished
-        for event in events:
-            if event[0] == "it" and event[3].is_final:
-                record(event[1].name, event[2], event[3]._value_)  # not .value: a property, per task
-            elif event[0] == "job" and event[2].is_final and not event[1].iterative and event[1].records:
-                record(event[1].name, event[1].start, event[2]._value_)
+        for job, it, state, outcome in task_ends(events):
+            if outcome is not None or job.iterative:  # a plain job that never ran is derived at replay
+                record(job.name, it, state._value_)  # not .value: a property, per task
         self.journal.flush()
 
     def replay(self, records: list) -> int:
