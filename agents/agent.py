@@ -16,8 +16,10 @@ manager) the first line of stdin is a JSON list of further arguments.
 manager -> agent::
 
     ["env", {NAME: value | null}]      update the base environment
-    ["run", tid, spec]                 spec: argv, wd, env, stdin, stdout,
-                                       stderr, cpus, wt, grace
+    ["run", tid, spec]                 spec: argv, wd, env, tenv, stdin,
+                                       stdout, stderr, cpus, wt, grace
+                                       (env: changes shared by many tasks,
+                                       cached; tenv: this task's own)
     ["cancel", tid, grace]             SIGTERM, SIGKILL after grace seconds
     ["ping", x]                        answered with ["pong", x]
     ["exit"]                           kill everything, report, "bye", exit 0
@@ -718,6 +720,10 @@ class Agent:
                 self._enter(wd)
             delta = spec.get("env")
             env = self._task_env(delta) if delta else self.base_env
+            own = spec.get("tenv")
+            if own:
+                env = env.copy()
+                env.update(own)
             prog = argv[0]
             searched = "/" not in prog
             if searched:

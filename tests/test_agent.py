@@ -247,6 +247,19 @@ def test_environment(mgr, tmp_path):
     assert read(tmp_path / "3.txt") == "|unset|manager|new|task\n"
 
 
+def test_per_task_environment_wins_and_does_not_stick(mgr, tmp_path):
+    mgr.start(env=dict(os.environ, QCG_T_BASE="base"))
+    script = 'echo "$QCG_T_BASE|$QCG_T_JOB|${QCG_T_TASK-unset}"'
+    shared = {"QCG_T_JOB": "job", "QCG_T_BASE": "job-base"}
+    for tid, own in ((1, {"QCG_T_TASK": "one"}), (2, {"QCG_T_TASK": "two", "QCG_T_JOB": "task-job"}), (3, None)):
+        spec = mgr.task(["sh", "-c", script], stdout=str(tmp_path / f"{tid}.txt"), env=shared)
+        if own:
+            spec["tenv"] = own
+        ok(mgr.run(spec, tid=tid))
+    assert [read(tmp_path / f"{tid}.txt") for tid in (1, 2, 3)] == [
+        "job-base|job|one\n", "job-base|task-job|two\n", "job-base|job|unset\n"]
+
+
 def test_path_search_uses_task_path(agent, tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()

@@ -451,30 +451,6 @@ def test_scheduling_starts_at_the_ready_threshold_and_a_late_agent_adds_its_node
     assert ctx.cpu_maps["n4"] == [0, 1]  # and its CPUs are known for binding
 
 
-def _task_on(node_spec, slots):
-    """A minimal task on one node's slots, for building its launch spec."""
-    from qcg_hier.core.job import Job, Task
-    from qcg_hier.core.jobdesc import parse_job
-    from qcg_hier.core.resources import Allocation, Node
-
-    job = Job(parse_job({"name": "b", "execution": {"exec": "/bin/true"}}), 1, ("QUEUED", 0.0))
-    return Task(7, job, 0, Allocation([(Node(0, node_spec), list(slots), (), 0)]), None, 0, [])
-
-
-@pytest.mark.parametrize("node_cores,slots,expected", [
-    (2, [1], [1]),          # as many slots as CPUs: slot i is the agent's i-th CPU
-    (2, [0, 1], None),      # every CPU the agent has: nothing to bind, the task inherits them
-    (4, [3], None),         # more slots than CPUs (virtual node): all the agent's CPUs, no CPU 3
-])
-def test_binding_policy(tmp_path, node_cores, slots, expected):
-    from qcg_hier.launch.taskspec import TaskContext, build
-
-    ctx = TaskContext(str(tmp_path), "x", {}, {"n1": [0, 1]}, binding=True)
-    spec = build(_task_on(NodeSpec("n1", node_cores), slots), ctx)
-    assert spec.get("cpus") == expected
-    assert set(spec.get("cpus") or [0, 1]) <= {0, 1}  # never an id the agent does not have
-
-
 def test_agents_not_ready_within_the_init_timeout_stop_the_service(tmp_path):
     import asyncio
 

@@ -1,5 +1,9 @@
 """What the agent needs to start one task: argv, environment delta, wd, streams, CPUs, wall time.
 
+The environment travels in two parts: "env", the same for every task of a job on the same slots
+(the agent caches its merge with its own environment), and "tenv", the variables of this task alone
+(QCG_PM_STEP_ID, QCG_PM_ITERATION), which win over both.
+
 Built from the job's execution spec, its allocation and the launch-time variables.
 No full environment is sent: only the variables that differ from the agent's base.
 """
@@ -85,11 +89,16 @@ def build(task, ctx: TaskContext) -> dict:
             ctx.spec_cache.clear()
         template = ctx.spec_cache[key] = _build(task, ctx)
     spec = dict(template)
-    env = spec["env"] = dict(template["env"])
-    env["QCG_PM_STEP_ID"] = f"{ctx.step_prefix}{task.tid:x}"
-    if job.iterative:
-        env["QCG_PM_ITERATION"] = str(task.it)
+    # the agent caches its merge of the shared "env"; only "tenv" is new for every task
+    spec["tenv"] = _own_env(task, ctx)
     return spec
+
+
+def _own_env(task, ctx: TaskContext) -> dict:
+    own = {"QCG_PM_STEP_ID": f"{ctx.step_prefix}{task.tid:x}"}
+    if task.job.iterative:
+        own["QCG_PM_ITERATION"] = str(task.it)
+    return own
 
 
 def _build(task, ctx: TaskContext) -> dict:
@@ -109,7 +118,6 @@ def _build(task, ctx: TaskContext) -> dict:
         "QCG_PM_NODELIST": ",".join(s[0].name for s in shares),
         "QCG_PM_NPROCS": str(ncores),
         "QCG_PM_NTASKS": str(ncores),
-        "QCG_PM_STEP_ID": f"{ctx.step_prefix}{task.tid:x}",
         "QCG_PM_TASKS_PER_NODE": ",".join(str(len(s[1])) for s in shares),
     })
     gpus = [g for s in shares for g in s[2]]
@@ -119,8 +127,6 @@ def _build(task, ctx: TaskContext) -> dict:
         cpus = _cpus(shares[0], ctx)
         if cpus and ncores > 1:
             env["QCG_PM_CPU_SET"] = ",".join(map(str, cpus))
-    if job.iterative:
-        env["QCG_PM_ITERATION"] = str(task.it)
     argv = _command(ex, subst)
     hostfile = None
     if len(shares) > 1 or ex.model in ("openmpi", "srunmpi"):
@@ -134,7 +140,7 @@ def _build(task, ctx: TaskContext) -> dict:
         argv = models.srun_step(argv, shares, job.spec.resources.wt)
     for name, value in ex.env:
         env[name] = subst(value)
-    spec = {"argv": argv, "env": env, "wd": wd}
+    spec = {"argv": argv, "env": env, "tenv": _own_env(task, ctx), "wd": wd}
     for stream in ("stdin", "stdout", "stderr"):
         path = getattr(ex, stream)
         if path:
