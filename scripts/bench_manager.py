@@ -10,8 +10,8 @@ This is not a test: it prints figures and exits 0.
             ours); e.g. ``/opt/upstream-qcg/bin/qcg-pm-service`` for upstream.
 --only      a comma-separated subset of the cases below.
 --quick     smaller sizes (targets are scaled where they are absolute).
---raw-each  pair each throughput case with its own raw loop (noisy machine).
---pairs N   N such pairs per throughput case (and N chain500 runs); the median is shown.
+--pairs N   N runs of each throughput case, each between two raw loops of the same size,
+            its ratio taken to their mean; N chain500 runs; the median is shown (default 3).
 --gate S    gate duration of the memory cases; --keep keeps the work dirs;
 --timeout S per service run.
 
@@ -63,7 +63,6 @@ class Bench:
         self.service = bl.resolve_service(args.service)
         self.fake = bl.service_has_option(self.service, "--fake-launch")
         self.verdicts: list[bl.Verdict] = []
-        self.raw_rate: float | None = None
         self.empty_cpu: float | None = None
         self.mem_baseline: bl.ServiceRun | None = None
         self._gate_seq = 0
@@ -101,36 +100,27 @@ class Bench:
         self._gate_seq += 1
         return f"{self.sizes['gate'] + self._gate_seq / 1000:.3f}"
 
-    def ensure_raw(self) -> float:
-        if self.raw_rate is None:
-            self.case_raw()
-        return self.raw_rate  # type: ignore[return-value]
-
     # ---------------------------------------------------------------- cases
     def case_raw(self) -> None:
         n = self.sizes["raw"]
         res = bl.raw_spawn_rate(n, 32)
-        self.raw_rate = res.rate
         self.record(bl.Verdict("raw", res.rate, "tasks/s", note=f"{n} x /bin/true in {res.seconds:.2f} s"
                                + (f", {res.failures} failed" if res.failures else "")),
                     f"CPU per task: loop {_ms(res.own_cpu / n)}, tasks {_ms(res.children_cpu / n)}")
 
     def _throughput(self, name: str, requests: list, ntasks: int, target: float,
                     expect_jobs: int) -> None:
-        """With --pairs N: N (raw loop, service) pairs back to back; the figure is the pair with
-        the median ratio (the machine's speed drifts by tens of per cent within minutes)."""
+        """--pairs N service runs, each between two raw loops of the same size (N + 1 loops): a run's
+        ratio is to the mean of the loops right before and right after it, and the figure is the run
+        with the median ratio (the machine's speed drifts by tens of per cent within minutes)."""
+        raws = [bl.raw_spawn_rate(ntasks, 32).rate]
         pairs = []
         for _ in range(self.args.pairs):
-            raw = self.ensure_raw()
-            raw_note = ""
-            if self.args.raw_each or self.args.pairs > 1:
-                # the machine may be shared: pair the case with a fresh raw loop
-                # of the same size, run right before it
-                res = bl.raw_spawn_rate(ntasks, 32)
-                raw = res.rate
-                raw_note = f"; paired raw {raw:,.0f} tasks/s"
             run = self.run(name, requests, NODES_8)
-            pairs.append((ntasks / run.wall / raw, raw, run, raw_note))
+            raws.append(bl.raw_spawn_rate(ntasks, 32).rate)
+            raw = (raws[-2] + raws[-1]) / 2
+            pairs.append((ntasks / run.wall / raw, raw, run,
+                          f"; raw before/after {raws[-2]:,.0f}/{raws[-1]:,.0f} tasks/s"))
         ratio, raw, run, raw_note = sorted(pairs, key=lambda p: p[0])[len(pairs) // 2]
         rate: float | None = ntasks / run.wall
         ok = all(p[2].ok for p in pairs) and ratio >= target
@@ -315,12 +305,9 @@ def parse_args(argv=None):
     ap.add_argument("--timeout", type=float, default=900.0,
                     help="per service run timeout in seconds (default 900)")
     ap.add_argument("--keep", action="store_true", help="keep the working dirs")
-    ap.add_argument("--pairs", type=int, default=1,
-                    help="run each throughput case (each after its own raw loop) and chain500 this "
-                         "many times and report the median (default 1)")
-    ap.add_argument("--raw-each", action="store_true",
-                    help="re-measure the raw loop (same size) right before each throughput "
-                         "case and use it as that case's denominator (for a shared machine)")
+    ap.add_argument("--pairs", type=int, default=3,
+                    help="run each throughput case (each between two raw loops of its size) and "
+                         "chain500 this many times and report the median (default 3)")
     return ap.parse_args(argv)
 
 
