@@ -461,6 +461,35 @@ def test_ends_journaled_but_not_reported_at_the_crash_are_reported_at_resume(tmp
     assert ("entries the dead run had journaled" in resumed_log(res)) == lost
 
 
+@pytest.mark.parametrize("lost", [True, False])
+def test_dependents_skipped_in_the_crash_pass_are_reported_at_resume(tmp_path, background, lost):
+    # F fails: D (after F) and E (after D) are OMITTED in the same pass, never journaled themselves
+    wd = tmp_path / "wd"
+    jobs = [{"name": "gate", "execution": {"script": "until [ -e release ]; do sleep 0.05; done"}},
+            {"name": "F", "execution": {"script": "sleep 0.5; exit 3"}},  # after the requests
+            {"name": "D", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["F"]}},
+            {"name": "E", "execution": {"exec": "/bin/true"}, "dependencies": {"after": ["D"]}}]
+    run = start_service(wd, [{"request": "submit", "jobs": jobs}, FINISH], nodes="4")
+    background.append(run)
+    wait_journal(run, lambda r: its_in(r, "fin")["F"] == {0}, quiet=0.2)
+    crash(run)
+    assert its_in(journal_records(wd)[-1:], "fin")["F"] == {0}, journal_records(wd)[-3:]
+    report = wd / SERVICE_DIR / "jobs.report"
+    if lost:
+        _drop_report_entries(report, {"F", "D", "E"}, "json")
+    (wd / "release").touch()
+
+    res = resume(wd)
+    check_ok(res)
+    entries = [json.loads(line) for line in report.read_text().splitlines()]
+    names = collections.Counter(e["name"] for e in entries)
+    assert [names[n] for n in ("F", "D", "E")] == [1, 1, 1], names
+    states = {e["name"]: e["state"] for e in entries}
+    assert (states["F"], states["D"], states["E"]) == ("FAILED", "OMITTED", "OMITTED")
+    repaired = {e["name"] for e in entries if "died before writing" in e.get("messages", "")}
+    assert repaired == ({"F", "D", "E"} if lost else set())
+
+
 def test_large_job_resumes_fast_and_the_journal_stays_compact(tmp_path, background):
     wd = tmp_path / "wd"
     total = 200_000

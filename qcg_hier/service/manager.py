@@ -62,6 +62,23 @@ def journal_options(config) -> dict:
             if isinstance(v, (str, int, float, bool, type(None))) and k not in ("resume",)}
 
 
+def _consequences(events, fin: dict) -> list:
+    """The jobs that ended at replay without a journal record of their own (dependents skipped)
+    because of jobs in `fin`, directly or through each other."""
+    causes = {name for jobs in fin.values() for name in jobs}
+    derived = [e[1] for e in events if e[0] == "job" and e[2].is_final and e[1].name not in causes]
+    found = []
+    grew = True
+    while grew:
+        grew = False
+        for job in derived:
+            if job.name not in causes and any(dep.partition(":")[0] in causes for dep in job.spec.after):
+                causes.add(job.name)
+                found.append(job)
+                grew = True
+    return found
+
+
 class ManagerService:
     def __init__(self, config, nodes, service_dir: Path, instance_id: str):
         self.config = config
@@ -509,16 +526,17 @@ class ManagerService:
         for job, its in started.items():
             core.mark_retry(job, its, now)
             retried += sum(1 for it in its if job in core.jobs and not core.jobs[job].iteration_state(it).is_final)
-        core.drain_events()  # their reports and events were written by the run that died...
+        events = core.drain_events()  # their reports and events were written by the run that died...
         log.info("resumed from the journal: %d jobs, %d iterations finished, %d running at the crash run again",
                  len(core.jobs), sum(n for s, n in core.it_counts.items() if s.is_final), retried)
         if records and "fin" in records[-1] and self.report.enabled:
-            self._report_ends_lost(records[-1]["fin"])  # ...unless it died just before that write
+            self._report_ends_lost(records[-1]["fin"], events)  # ...unless it died just before that write
         return file_index
 
-    def _report_ends_lost(self, fin: dict) -> None:
+    def _report_ends_lost(self, fin: dict, events: list) -> None:
         """The dead run journaled these ends last: jobs.report gets those of them it lacks (the run
-        died between the two writes). Their history and resource usage died with it."""
+        died between the two writes), and so do the jobs they left without a chance to run (OMITTED:
+        never journaled, derived again at replay). Their history and resource usage died with it."""
         entries = []
         for state, jobs in fin.items():
             for name, ranges in jobs.items():
@@ -530,7 +548,9 @@ class ManagerService:
                                 for a, b in ranges for it in range(a, b)]
                 if job.state.is_final:
                     entries.append(reports.job_entry(job))
-        present = reports.last_entry_names(self.report.path, self.report.format, len(entries))
+        entries += [reports.job_entry(job) for job in _consequences(events, fin)]
+        # the dead run may have written a few more entries after these (a generous tail costs little)
+        present = reports.last_entry_names(self.report.path, self.report.format, 2 * len(entries) + 16)
         lost = [e for e in entries if e["name"] not in present]
         for entry in lost:
             entry["messages"] = "; ".join(filter(None, (entry.get("messages"), LOST_REPORT_MESSAGE)))
