@@ -186,9 +186,10 @@ def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
     return bool(predicate())
 
 
-def leftover_processes(sdir: Path) -> list[psutil.Process]:
-    """Processes still running that belong to a service directory (its node agents name it in argv)."""
-    key = str(sdir)
+def leftover_processes(where: Path) -> list[psutil.Process]:
+    """Processes still running that name `where` in their argv: for a service directory its node
+    agents (their log files are in it); for a working directory also the children started in it."""
+    key = str(where)
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         try:

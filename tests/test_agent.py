@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -556,23 +557,36 @@ class PipeManager:
         self.log = tmp_path / "agent-stdio.log"
         self.proc = subprocess.Popen([*AGENT_CMD, "--manager", "stdio", "--node", "pipe-node",
                                       "--log-file", str(self.log)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.inbox = []
+        self.received = b""
 
     def send(self, *msgs):
         frame = orjson.dumps(list(msgs))
         self.proc.stdin.write(len(frame).to_bytes(4, "big") + frame)
         self.proc.stdin.flush()
 
-    def _read_frame(self):
-        head = self.proc.stdout.read(4)
-        if len(head) < 4:
-            return None
-        return orjson.loads(self.proc.stdout.read(int.from_bytes(head, "big")))
+    def _read(self, size, deadline):
+        """`size` bytes from the agent's stdout; None at its end; an error past the deadline."""
+        fd = self.proc.stdout.fileno()
+        while len(self.received) < size:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([fd], [], [], left)[0], "the agent sent nothing in time"
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return None
+            self.received += chunk
+        data, self.received = self.received[:size], self.received[size:]
+        return data
 
-    def expect(self, kind, count=1):
+    def _read_frame(self, deadline):
+        head = self._read(4, deadline)
+        body = head and self._read(int.from_bytes(head, "big"), deadline)
+        return None if body is None else orjson.loads(body)
+
+    def expect(self, kind, count=1, timeout=WAIT):
+        deadline = time.monotonic() + timeout
         found = []
         while len(found) < count:
-            msgs = self._read_frame()
+            msgs = self._read_frame(deadline)
             assert msgs is not None, f"the agent closed its stdout before {count} {kind!r}: {found}"
             found += [m for m in msgs if m[0] == kind]
         return found

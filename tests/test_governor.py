@@ -95,6 +95,8 @@ def test_campaign_spreads_over_every_partition_and_wait4all_returns(tmp_path, se
     where = Counter(child_of(c) for c in info["childs"])
     assert set(where) == {"partition-0", "partition-1", "partition-2"}, where
     assert all(c["state"] == "SUCCEED" for c in info["childs"])
+    children = [p for p in leftover_processes(gov.wd) if "--parent" in p.cmdline()]
+    assert len(children) == 3  # what the check below must no longer find
     assert finish(gov) == 0
     lines = report_lines(gov)
     assert len([e for e in lines if e["name"].startswith("sweep:")]) == 30
@@ -103,7 +105,7 @@ def test_campaign_spreads_over_every_partition_and_wait4all_returns(tmp_path, se
     assert status["IterationStats"]["FinishedIterations"] == 31
     assert status["JobStats"]["FinishedJobs"] == 2
     assert {c["name"] for c in status["Children"]} == {"partition-0", "partition-1", "partition-2"}
-    assert wait_for(lambda: not leftover_processes(gov.sdir), 10)
+    assert wait_for(lambda: not leftover_processes(gov.wd), 10)  # children and agents too
 
 
 def test_a_partition_twice_as_big_receives_about_twice_the_work(tmp_path, services):
