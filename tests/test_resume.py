@@ -425,7 +425,8 @@ def _drop_report_entries(path: Path, names: set[str], fmt: str) -> None:
 def test_ends_journaled_but_not_reported_at_the_crash_are_reported_at_resume(tmp_path, background, fmt, lost):
     wd = tmp_path / "wd"
     jobs = [{"name": "gate", "execution": {"script": "until [ -e release ]; do sleep 0.05; done"}},
-            {"name": "T", "iteration": {"stop": 3}, "execution": {"exec": "/bin/true"}}]
+            # ends after the requests are handled: their journal records come before its ends
+            {"name": "T", "iteration": {"stop": 3}, "execution": {"exec": "/bin/sleep", "args": ["0.5"]}}]
     run = start_service(wd, [{"request": "submit", "jobs": jobs}, FINISH], nodes="4",
                         args=["--report-format", fmt])
     background.append(run)
