@@ -450,10 +450,17 @@ class Agent:
             # batch of tasks cost one signal delivery, not one each; it is
             # unblocked only while waiting (a pending one then writes to the
             # wakeup pipe at once, so no exit is missed).
+            before = now
             sigmask(SIG_UNBLOCK, chld)
             events = poll(timeout)
             sigmask(SIG_BLOCK, chld)
             self.now = now = monotonic()
+            if now - before - timeout / 1000.0 > mto / 2:
+                # this process stood still (SIGSTOP, Slurm's job suspend): the manager's silence over
+                # that time proves nothing
+                log.warning("the agent stood still for %.1f s (suspended?): waiting for the manager afresh",
+                            now - before)
+                self.last_recv = now
             out: list = []
 
             if self.stop_signal:

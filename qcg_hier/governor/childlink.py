@@ -22,7 +22,7 @@ from .. import protocol
 from ..core.job import Outcome
 from ..core.nodespec import NodeSpec
 from ..core.states import JobState
-from ..launch.launcher import FRAMES_PER_TURN, open_link
+from ..launch.launcher import FRAMES_PER_TURN, open_link, stalled
 from ..service.journal import to_ranges
 
 log = logging.getLogger("qcg_hier")
@@ -56,12 +56,6 @@ class ChildEntry:
         self.last_sent = 0.0
         self.connected = False
         self.jobs_sent: set = set()
-
-
-def stalled(now: float, last_tick: float, settings: LinkSettings) -> bool:
-    """Whether this process itself stood still (SIGSTOP, swapping) for half a timeout between two
-    ticks of its watch: then the peer's silence over that time proves nothing."""
-    return now - last_tick > settings.timeout / 2
 
 
 def node_specs(resources: dict) -> list[NodeSpec]:
@@ -316,7 +310,7 @@ class ChildLauncher:
                 return
             self._on_readable()  # what waits unread is not silence
             now = time.monotonic()
-            if stalled(now, tick, s):
+            if stalled(now, tick, s.timeout):
                 for entry in self.children.values():
                     entry.last_seen = now  # the governor was stopped, not its children silent
             tick = now

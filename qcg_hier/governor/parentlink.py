@@ -28,7 +28,8 @@ from ..core.states import JobState
 from ..auth import Credentials
 from ..service.servicedir import PARENT_FILE, find_service_dirs
 from ..launch.launcher import FRAMES_PER_TURN
-from .childlink import LinkSettings, stalled
+from ..launch.launcher import stalled
+from .childlink import LinkSettings
 
 log = logging.getLogger("qcg_hier")
 
@@ -275,7 +276,7 @@ class ParentLink:
             if self.detached:
                 return
             now = time.monotonic()
-            if stalled(now, tick, s):
+            if stalled(now, tick, s.timeout):
                 self.last_seen = now  # this process was stopped, not the governor silent: a fresh window
             tick = now
             if now - self.last_seen > s.timeout:

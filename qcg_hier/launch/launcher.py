@@ -120,6 +120,13 @@ def open_link(credentials, zap, domain: str, bind_host: str, advertise_host: str
     return sock, f"tcp://{advertise_host}:{port}"
 
 
+def stalled(now: float, last_tick: float, timeout: float) -> bool:
+    """Whether this process itself stood still (SIGSTOP, Slurm's job suspend, swapping, a long
+    blocking step) for half a timeout between two ticks of its watch: then the peers' silence over
+    that time proves nothing."""
+    return now - last_tick > timeout / 2
+
+
 class AgentLauncher:
     """Tasks go to node agents over one CURVE-secured ROUTER socket: batched frames, heartbeats."""
 
@@ -327,9 +334,17 @@ class AgentLauncher:
     async def _watch(self) -> None:
         """Ping every agent; one that stays silent too long is lost; a dead local agent is restarted."""
         s = self.settings
+        tick = time.monotonic()
         while True:
             await asyncio.sleep(min(s.heartbeat, 0.5))
+            self._on_readable()  # what waits unread is not silence
             now = time.monotonic()
+            if stalled(now, tick, s.timeout):
+                log.warning("this service stood still for %.1f s (suspended?): the agents' silence over "
+                            "that time is not held against them", now - tick)
+                for agent in self.agents.values():
+                    agent.last_seen = now
+            tick = now
             if not self.ready and now - self._started_at > s.init_timeout:
                 up = sum(1 for a in self.agents.values() if a.alive)
                 self.cb.on_fatal(f"only {up} of {len(self.agents)} node agents ready within --nl-init-timeout "
