@@ -27,8 +27,7 @@ from ..core.scheduler import task_ends
 from ..core.states import JobState
 from ..auth import Credentials
 from ..service.servicedir import PARENT_FILE, find_service_dirs
-from ..launch.launcher import FRAMES_PER_TURN
-from ..launch.launcher import stalled
+from ..launch.launcher import FRAMES_PER_TURN, stalled
 from .childlink import LinkSettings
 
 log = logging.getLogger("qcg_hier")

@@ -63,10 +63,10 @@ def journal_options(config) -> dict:
 
 
 def _consequences(events, fin: dict) -> list:
-    """The jobs that ended at replay without a journal record of their own (dependents skipped)
-    because of jobs in `fin`, directly or through each other."""
+    """The jobs OMITTED at replay (they never ran: no journal record of their own) because of jobs
+    in `fin`, directly or through each other."""
     causes = {name for jobs in fin.values() for name in jobs}
-    derived = [e[1] for e in events if e[0] == "job" and e[2].is_final and e[1].name not in causes]
+    derived = [e[1] for e in events if e[0] == "job" and e[2] is JobState.OMITTED]
     found = []
     grew = True
     while grew:
