@@ -7,6 +7,7 @@ import time
 import psutil
 
 from conftest import finish_background, start_service, wait_for
+from qcg_hier.launch.launcher import stalled
 
 LINK_TIMEOUT = 10.0  # the manager's and the agent's default silence limits
 
@@ -44,3 +45,8 @@ def test_a_suspended_and_resumed_service_loses_nothing(tmp_path, background):
     assert "lost" not in run.log_text and "restarting" not in run.log_text, run.log_text
     report = [line for line in (run.sdir / "jobs.report").read_text().splitlines() if '"s:' in line]
     assert len(report) == 4 and all('"state":"SUCCEED"' in line for line in report), report
+
+
+def test_a_pause_of_half_a_timeout_between_two_ticks_is_a_stall():
+    assert not stalled(10.5, 10.0, 2.0)  # one tick of the watch
+    assert stalled(14.0, 10.0, 2.0)  # this process stood still for 4 s: the peer's silence proves nothing
