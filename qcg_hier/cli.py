@@ -11,6 +11,7 @@ import click
 from . import __version__
 from .core.errors import ResourceSpecError
 from .core.nodespec import NodeSpec, parse_nodes_option
+from .launch.slurmenv import in_allocation
 from .service.fileinterface import FileInterface
 from .service.servicedir import default_instance_id, make_service_dir, setup_logging
 
@@ -30,13 +31,8 @@ def _resources_file(opts) -> list[NodeSpec]:
         nodes = node_specs(data)
     except (OSError, orjson.JSONDecodeError, ValueError) as exc:
         raise ResourceSpecError(f"--slurm-resources-file {opts.slurm_resources_file}: {exc}") from None
-    opts.slurm = data.get("type", "SLURM") == "SLURM" and slurm_in_allocation()
+    opts.slurm = data.get("type", "SLURM") == "SLURM" and in_allocation()
     return nodes
-
-
-def slurm_in_allocation() -> bool:
-    from .launch import slurm
-    return slurm.in_allocation()
 
 
 def _local_gpus() -> tuple:
@@ -54,7 +50,7 @@ def resolve_nodes(opts) -> list[NodeSpec]:
         nodes = _resources_file(opts)
     elif opts.nodes:
         nodes = parse_nodes_option(opts.nodes, gpus)
-    elif opts.resources != "local" and slurm.in_allocation():
+    elif opts.resources != "local" and in_allocation():
         opts.slurm = True
         nodes = slurm.allocation_nodes(begin=opts.slurm_limit_nodes_range_begin,
                                        end=opts.slurm_limit_nodes_range_end)

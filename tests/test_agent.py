@@ -597,49 +597,44 @@ class PipeManager:
             self.proc.wait()
 
 
-def test_stdio_link(tmp_path):
+@pytest.fixture
+def piped(tmp_path):
     m = PipeManager(tmp_path)
-    try:
-        ready = m.expect("ready")[0][1]
-        assert ready["node"] == "pipe-node"
-        m.send(["run", 1, {"argv": ["/bin/true"], "wd": str(tmp_path)}],
+    yield m
+    m.close()
+
+
+def test_stdio_link(piped, tmp_path):
+    ready = piped.expect("ready")[0][1]
+    assert ready["node"] == "pipe-node"
+    piped.send(["run", 1, {"argv": ["/bin/true"], "wd": str(tmp_path)}],
                ["run", 2, {"argv": ["/bin/sh", "-c", "exit 3"], "wd": str(tmp_path)}])
-        done = {d["tid"]: d for d in map(done_dict, m.expect("done", 2))}
-        assert done[1]["rc"] == 0 and done[2]["rc"] == 3
-        m.send(["exit"])
-        assert m.expect("bye") == [["bye", "pipe-node"]]
-        assert m.proc.wait(WAIT) == 0
-    finally:
-        m.close()
+    done = {d["tid"]: d for d in map(done_dict, piped.expect("done", 2))}
+    assert done[1]["rc"] == 0 and done[2]["rc"] == 3
+    piped.send(["exit"])
+    assert piped.expect("bye") == [["bye", "pipe-node"]]
+    assert piped.proc.wait(WAIT) == 0
 
 
-def test_stdio_link_frames_larger_than_a_pipe(tmp_path):
+def test_stdio_link_frames_larger_than_a_pipe(piped, tmp_path):
     """A batch bigger than the pipe's buffer arrives whole (the agent reads frames in pieces)."""
-    m = PipeManager(tmp_path)
-    try:
-        m.expect("ready")
-        pad = "x" * 600
-        runs = [["run", i, {"argv": ["/bin/true", pad], "wd": str(tmp_path)}] for i in range(400)]
-        m.send(*runs)  # about 270 kB in one frame
-        done = [done_dict(d) for d in m.expect("done", 400)]
-        assert sorted(d["tid"] for d in done) == list(range(400)) and {d["rc"] for d in done} == {0}
-    finally:
-        m.close()
+    piped.expect("ready")
+    pad = "x" * 600
+    runs = [["run", i, {"argv": ["/bin/true", pad], "wd": str(tmp_path)}] for i in range(400)]
+    piped.send(*runs)  # about 270 kB in one frame
+    done = [done_dict(d) for d in piped.expect("done", 400)]
+    assert sorted(d["tid"] for d in done) == list(range(400)) and {d["rc"] for d in done} == {0}
 
 
-def test_stdio_link_closed_kills_tasks_and_exits(tmp_path):
-    m = PipeManager(tmp_path)
-    try:
-        m.expect("ready")
-        m.send(["run", 1, {"argv": ["/bin/sleep", "60"], "wd": str(tmp_path)}])
-        sleeper = wait_until(lambda: [p for p in psutil.Process(m.proc.pid).children() if p.name() == "sleep"])
-        assert sleeper
-        m.proc.stdin.close()  # the manager is gone
-        assert m.proc.wait(WAIT) == 3
-        assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in sleeper)
-        assert "closed its pipe" in m.log.read_text()
-    finally:
-        m.close()
+def test_stdio_link_closed_kills_tasks_and_exits(piped, tmp_path):
+    piped.expect("ready")
+    piped.send(["run", 1, {"argv": ["/bin/sleep", "60"], "wd": str(tmp_path)}])
+    sleeper = wait_until(lambda: [p for p in psutil.Process(piped.proc.pid).children() if p.name() == "sleep"])
+    assert sleeper
+    piped.proc.stdin.close()  # the manager is gone
+    assert piped.proc.wait(WAIT) == 3
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in sleeper)
+    assert "closed its pipe" in piped.log.read_text()
 
 
 # --------------------------------------------------------------------- started ahead of its manager

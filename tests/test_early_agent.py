@@ -3,7 +3,6 @@ when the guess is right the service uses it, when it is wrong or the command fai
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import psutil
@@ -33,6 +32,21 @@ def test_inside_an_allocation_explicit_nodes_or_local_resources_launch_locally()
     assert wants_local_agent(["--resources", "local"], SLURM)
     assert wants_local_agent(["--resources=local"], SLURM)
     assert not wants_local_agent(["--resources", "slurm"], SLURM)
+
+
+def test_the_guess_is_the_services_judgement_of_an_allocation():
+    # a node list without core counts is no usable allocation: the service runs locally
+    assert wants_local_agent(["--file-path", "f.json"], {"SLURM_JOB_NODELIST": "n[1-2]"})
+    assert not wants_local_agent(["--file-path", "f.json"], {"SLURM_NODELIST": "n1", "SLURM_TASKS_PER_NODE": "2"})
+
+
+def test_the_manager_side_spells_the_agents_options_as_the_agent_does():
+    # the agent imports nothing of qcg_hier (and early_agent nothing slow): the names are written twice
+    from qcg_hier.launch import early_agent, launcher
+    from qcg_hier_agent import agent
+
+    assert early_agent.CONFIG_OPTION == agent.CONFIG_OPTION
+    assert launcher.PIPE_ADDRESS == agent.STDIO
 
 
 def _waiting_agents(parent_pid: int | None = None) -> list[psutil.Process]:

@@ -86,7 +86,7 @@ class GovernorService(ManagerService):
         for request, future in waiting:
             if not future.done():
                 future.set_result(self.handle(request))
-        self._kick()
+        self.kick()
 
     async def shutdown(self) -> None:
         for _request, future in self._waiting_submits:
@@ -137,7 +137,7 @@ class GovernorService(ManagerService):
                 if task is not None:
                     self.core.give_back(task, now)
         self._process_events()
-        self._kick()
+        self.kick()
 
     # ------------------------------------------------------------ status
     def status(self, final: bool = False) -> dict:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 from ..service.naming import AGENT_LOG, default_instance_id, service_dir_path
+from .slurmenv import in_allocation
 
 # options after which the service never starts a local agent
 NO_LOCAL_AGENT = ("--fake-launch", "--governor", "--slurm-partition-nodes", "--partition-nodes",
@@ -30,8 +31,7 @@ def wants_local_agent(args: list, environ) -> bool:
     given = {a.split("=", 1)[0] for a in args if a.startswith("--")}
     if given & set(NO_LOCAL_AGENT):
         return False
-    in_allocation = bool(environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST"))
-    return not in_allocation or "--nodes" in given or _option_value(args, "--resources") == "local"
+    return not in_allocation(environ) or "--nodes" in given or _option_value(args, "--resources") == "local"
 
 
 def _option_value(args: list, name: str):

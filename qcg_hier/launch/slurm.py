@@ -11,12 +11,7 @@ import shutil
 import subprocess
 
 from ..core.nodespec import NodeSpec, compress_counts, slurm_nodes
-
-
-def in_allocation(env=None) -> bool:
-    env = os.environ if env is None else env
-    return bool((env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST"))
-                and (env.get("SLURM_JOB_CPUS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")))
+from .slurmenv import in_allocation  # noqa: F401 (the service asks here)
 
 
 def allocation_nodes(env=None, begin: int | None = None, end: int | None = None) -> list[NodeSpec]:

@@ -138,7 +138,7 @@ class ManagerService:
         """Fake; one local agent (local mode, or --disable-nl: tasks then are srun steps); or one
         agent per node started by a single srun step (inside an allocation)."""
         config = self.config
-        callbacks = Callbacks(self._kick, self._on_finished, self._on_node_lost, self._on_node_ready,
+        callbacks = Callbacks(self.kick, self._on_finished, self._on_node_lost, self._on_node_ready,
                               self._on_fatal)
         if self.fake:
             return FakeLauncher(callbacks)
@@ -196,9 +196,6 @@ class ManagerService:
             return
         if self.task_context is not None:
             self.task_context.update_env(self.parent_link.task_env())
-
-    def kick(self) -> None:
-        self._kick()
 
     def stop_now(self, code: int = 0) -> None:
         """Kill every task and stop (a child told to exit, or whose governor is gone)."""
@@ -307,7 +304,7 @@ class ManagerService:
         if _small_submit(request):
             self._schedule_pass()  # its tasks start before its reply goes: a waiting client gains that time
         else:
-            self._kick()  # after the reply (a large submit is answered first)
+            self.kick()  # after the reply (a large submit is answered first)
         return response
 
     def submit(self, specs, descriptions=None, descriptions_json: bytes | None = None) -> list[str]:
@@ -367,7 +364,8 @@ class ManagerService:
         self._journal_request({"file": index})
 
     # ------------------------------------------------------------ scheduling
-    def _kick(self) -> None:
+    def kick(self) -> None:
+        """A scheduling pass in the next turn of the loop (one, however often it is asked for)."""
         if not self._pass_pending and self._loop is not None:
             self._pass_pending = True
             self._loop.call_soon(self._schedule_pass)
@@ -381,7 +379,7 @@ class ManagerService:
         core = self.core
         started = core.schedule(now)
         if len(started) >= core.max_starts:
-            self._kick()  # a slice of the work: the rest after a turn of the loop (heartbeats, requests)
+            self.kick()  # a slice of the work: the rest after a turn of the loop (heartbeats, requests)
         if started:
             if self.journal is not None:
                 record = self.journal.started
@@ -413,7 +411,7 @@ class ManagerService:
         for tid, outcome in finished:
             finish(tid, outcome, now)
         if self.fake:
-            self._kick()  # fake tasks end inside launch(): a loop turn between passes serves requests
+            self.kick()  # fake tasks end inside launch(): a loop turn between passes serves requests
         else:
             self._schedule_pass()  # freed cores get new tasks at once, in the same turn
 
@@ -427,13 +425,13 @@ class ManagerService:
         log.error("node %s %s: %d running tasks re-queued", node_name,
                   "lost" if permanent else "unavailable until its agent is back", len(lost))
         self._process_events()
-        self._kick()
+        self.kick()
 
     def _on_node_ready(self, node_name: str) -> None:
         node = self.pool.by_name.get(node_name)
         if node is not None:
             self.core.node_ready(node)
-            self._kick()
+            self.kick()
 
     def _on_fatal(self, message: str) -> None:
         log.error("%s", message)
