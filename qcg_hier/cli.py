@@ -129,6 +129,9 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 @click.option("--nl-init-timeout", type=float, default=600, show_default=True, help="Seconds to wait for node agents.")
 @click.option("--nl-ready-threshold", type=float, default=1.0, show_default=True,
               help="Fraction of node agents that must be ready before scheduling starts.")
+@click.option("--local-agents", type=click.IntRange(1, 64), default=None,
+              help="Local mode: agent processes that start the tasks, each serving some of the nodes "
+                   "(default: one per node up to the usable CPUs, at most 8).")
 @click.option("--nl-start-method", type=click.Choice(["slurm", "ssh"]), default="slurm", show_default=True,
               help="How node agents start (ssh: not yet supported).")
 @click.option("--disable-pub", is_flag=True, help="Do not start the status publisher.")

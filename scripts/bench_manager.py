@@ -14,6 +14,8 @@ This is not a test: it prints figures and exits 0.
             its ratio taken to their mean; N chain500 runs; the median is shown (default 3).
 --gate S    gate duration of the memory cases; --keep keeps the work dirs;
 --timeout S per service run.
+--service-arg A  one more argument for every service run (repeatable), e.g.
+            ``--service-arg=--local-agents=1`` for our figures with a single agent.
 
 Cases (each in a fresh temporary working dir, the service run as
 ``CMD --file-path F --wd WD --nodes ... --log warning``):
@@ -82,7 +84,8 @@ class Bench:
         """Run the service on a generated request file in a fresh wd."""
         with bl.temp_workdir(prefix=f"qcgbench-{name}-", keep=self.args.keep) as wd:
             reqfile = bl.write_requests(os.path.join(wd, "reqs.json"), requests)
-            argv = bl.service_argv(self.service, reqfile, wd, nodes, "warning", extra)
+            argv = bl.service_argv(self.service, reqfile, wd, nodes, "warning",
+                                   [*extra, *self.args.service_arg])
             run = bl.run_service(argv, wd, timeout=timeout or self.args.timeout, **kw)
             run.final = bl.final_counts(bl.read_final_status(wd))  # type: ignore[attr-defined]
             if self.args.keep:
@@ -308,6 +311,9 @@ def parse_args(argv=None):
     ap.add_argument("--pairs", type=int, default=3,
                     help="run each throughput case (each between two raw loops of its size) and "
                          "chain500 this many times and report the median (default 3)")
+    ap.add_argument("--service-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for every service run (repeatable), e.g. "
+                         "--service-arg=--local-agents=1")
     return ap.parse_args(argv)
 
 

@@ -1,13 +1,13 @@
-"""The local node agent, started before the service's own imports.
+"""The local node agents: how many, and starting them before the service's own imports.
 
-A service in local mode needs one agent process, and both start by importing for a tenth
-of a second or so. Started first thing, the agent imports while the service does, then
-waits on a pipe for its options (the service's address and keys exist only once the
-service has bound its socket). Without this the first task waited for the agent's whole
+A service in local mode needs its agent processes, and they all start by importing for a
+tenth of a second or so. Started first thing, the agents import while the service does, then
+wait on a pipe for their options (the service's address and keys exist only once the
+service has bound its socket). Without this the first task waited for the agents' whole
 start-up after the service's.
 
-The agent is started only when the command line says the launch will be local; when the
-service then does not use it (the guess was wrong, or the command failed), it is killed.
+The agents are started only when the command line says the launch will be local; the ones
+the service then does not use (the guess was wrong, or the command failed) are killed.
 This module must stay light: it runs before anything else is imported.
 """
 import os
@@ -22,8 +22,31 @@ from .slurmenv import in_allocation
 NO_LOCAL_AGENT = ("--fake-launch", "--governor", "--slurm-partition-nodes", "--partition-nodes",
                   "--slurm-resources-file", "--resume", "--help", "--version")
 CONFIG_OPTION = "--config-from-stdin"
+MAX_AGENTS = 8  # beyond this, spawns of separate processes hardly add up (kernel locks, memory)
 
-_waiting = None  # the started agent, until handed over or discarded
+_waiting: list = []  # agents started ahead, until handed over or discarded
+
+
+def agent_count(nodes: int, requested: int | None = None, cpus: int | None = None) -> int:
+    """How many local agents serve `nodes` (virtual) nodes: `--local-agents`, else one per node up
+    to the CPUs this process may use, at most MAX_AGENTS. One Python process spawns a few thousand
+    tasks a second at best, spending most of it blocked in posix_spawn; the spawns of separate
+    processes run side by side on separate CPUs."""
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0))
+    return max(1, min(requested or min(cpus, MAX_AGENTS), nodes))
+
+
+def agent_names(count: int) -> list[str]:
+    """The first is "local" (its log is agent-local.log), the others "local-2", "local-3", ..."""
+    return ["local"] + [f"local-{i}" for i in range(2, count + 1)]
+
+
+def _count_from(args: list) -> int:
+    nodes = _option_value(args, "--nodes")
+    requested = _option_value(args, "--local-agents")
+    return agent_count(len(nodes.split(",")) if nodes else 1,
+                       int(requested) if requested and requested.isdigit() else None)
 
 
 def wants_local_agent(args: list, environ) -> bool:
@@ -44,31 +67,31 @@ def _option_value(args: list, name: str):
 
 
 def start(args: list, environ=os.environ) -> None:
-    """Start the agent if the command line will want one; it waits for `hand_over`."""
-    global _waiting
-    if _waiting is not None or not wants_local_agent(args, environ):
+    """Start the agents the command line will want; they wait for `hand_over`."""
+    if _waiting or not wants_local_agent(args, environ):
         return
-    # its log file names the service directory, as the options it gets later do: `ps` (and tools
-    # that look for a service's processes) see which service it belongs to
+    # their log file names the service directory, as the options they get later do: `ps` (and tools
+    # that look for a service's processes) see which service they belong to
     service_dir = service_dir_path(_option_value(args, "--wd") or ".",
                                    _option_value(args, "--id") or default_instance_id())
     argv = [sys.executable, "-m", "qcg_hier_agent", "--parent-death-signal", CONFIG_OPTION,
             "--log-file", os.path.join(service_dir, AGENT_LOG)]
-    try:
-        _waiting = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-    except OSError:
-        _waiting = None  # the service starts its agent the usual way
+    for _ in range(_count_from(args)):
+        try:
+            _waiting.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             close_fds=True))
+        except OSError:
+            break  # the service starts the others the usual way
 
 
 def hand_over(options: list):
-    """The waiting agent, given its options (a list of command-line arguments); None when there is
+    """A waiting agent, given its options (a list of command-line arguments); None when there is
     no agent waiting or it is gone (the caller then starts one itself)."""
-    import orjson  # not at the top: the agent is started before anything slow is imported
+    import orjson  # not at the top: the agents are started before anything slow is imported
 
-    global _waiting
-    process, _waiting = _waiting, None
-    if process is None:
+    if not _waiting:
         return None
+    process = _waiting.pop(0)
     try:
         process.stdin.write(orjson.dumps(options) + b"\n")
         process.stdin.flush()  # stays open: with `--manager stdio` it is the agent's link
@@ -81,11 +104,9 @@ def hand_over(options: list):
 
 
 def discard() -> None:
-    """The service will not use the waiting agent: it must not outlive the service."""
-    global _waiting
-    process, _waiting = _waiting, None
-    if process is not None:
-        _kill(process)
+    """The service will not use the waiting agents: they must not outlive the service."""
+    while _waiting:
+        _kill(_waiting.pop())
 
 
 def _kill(process) -> None:

@@ -82,25 +82,27 @@ class AgentSettings:
 
 
 class LocalAgents:
-    """One agent process on this machine, serving every (virtual) node, talking over its stdin and
-    stdout; restarted if it dies."""
+    """Agent processes on this machine, each serving some of the (virtual) nodes and talking over its
+    stdin and stdout (see early_agent.agent_count for how many); one that dies is restarted."""
 
     pipes = True  # the link is the process's stdin/stdout (see pipelink.py)
+    restartable = True
 
-    def __init__(self, name: str = "local"):
-        self.name = name
-        self.process = None
-        self.restartable = True
+    def __init__(self, names=("local",)):
+        self.processes: dict = dict.fromkeys(names)  # agent name -> its process
 
-    def start(self, argv: list) -> None:
-        options = argv[3:] + ["--node", self.name]  # after `python -m qcg_hier_agent`
-        self.process = early_agent.hand_over(options)  # the one started with the service, if any
-        if self.process is None:
-            self.process = subprocess.Popen(argv[:3] + ["--parent-death-signal"] + options,
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+    def start(self, argv: list, name: str):
+        options = argv[3:] + ["--node", name]  # after `python -m qcg_hier_agent`
+        process = early_agent.hand_over(options)  # one started with the service, if any waits
+        if process is None:
+            process = subprocess.Popen(argv[:3] + ["--parent-death-signal"] + options,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        self.processes[name] = process
+        return process
 
-    def poll(self):
-        return self.process.poll() if self.process else None
+    def exited(self, name: str) -> bool:
+        process = self.processes.get(name)
+        return process is not None and process.poll() is not None
 
 
 def open_link(credentials, zap, domain: str, bind_host: str, advertise_host: str, on_readable) -> tuple:
@@ -150,7 +152,7 @@ class AgentLauncher:
         self._check_pending = False
         self._restarts: list[float] = []
         self.pipes = getattr(starter, "pipes", False)  # a local agent: its stdin/stdout, not a socket
-        self._channel = None
+        self._channels: dict[str, PipeChannel] = {}  # local agents: agent name -> its pipes
         self.address = PIPE_ADDRESS if self.pipes else None
         self._tasks = []
         self._started_at = time.monotonic()
@@ -167,13 +169,20 @@ class AgentLauncher:
         self._start_agents()
 
     def _start_agents(self) -> None:
-        self.starter.start(self._agent_argv())
-        if self.pipes:
-            if self._channel is not None:
-                self._channel.close()  # the pipes of an agent that died
-            agent = next(iter(self.agents.values()))
-            proc = self.starter.process
-            self._channel = PipeChannel(proc.stdin, proc.stdout, lambda frames: self._on_frames(agent, frames))
+        if not self.pipes:
+            self.starter.start(self._agent_argv())
+            return
+        for agent in self.agents.values():
+            self._start_local(agent)
+
+    def _start_local(self, agent: Agent) -> None:
+        """(Re)start a local agent; its pipes are its link."""
+        old = self._channels.pop(agent.name, None)
+        if old is not None:
+            old.close()  # the pipes of an agent that died
+        proc = self.starter.start(self._agent_argv(), agent.name)
+        self._channels[agent.name] = PipeChannel(proc.stdin, proc.stdout,
+                                                 lambda frames: self._on_frames(agent, frames))
 
     def _agent_argv(self) -> list:
         s = self.settings
@@ -187,30 +196,33 @@ class AgentLauncher:
         return argv
 
     async def stop(self) -> None:
-        """Connected agents get `exit` (they kill their tasks); the agent processes are then reaped."""
+        """Agents get `exit` (they kill their tasks); the agent processes are then reaped."""
+        for task in self._tasks:
+            task.cancel()  # first: no agent that exits now is taken for lost, or restarted
         for agent in self.agents.values():
-            if agent.alive:
+            # a local agent reads its pipe once it is up, ready or not yet
+            if agent.alive or self.pipes:
                 agent.outbox.append(["exit"])
         self.flush()
-        proc = self.starter.process
-        if proc is not None:
-            deadline = time.monotonic() + 5
-            while proc.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.002 if all(not a.alive for a in self.agents.values()) else 0.01)
-                if all(a.info is None for a in self.agents.values()):
-                    break  # nobody ever connected: no exit message can arrive
+        procs = list(self.starter.processes.values()) if self.pipes else [self.starter.process]
+        procs = [p for p in procs if p is not None]
+        deadline = time.monotonic() + 5
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.002 if all(not a.alive for a in self.agents.values()) else 0.01)
+            if not self.pipes and all(a.info is None for a in self.agents.values()):
+                break  # nobody ever connected: no exit message can arrive
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(3)
-                except subprocess.TimeoutExpired:
-                    log.warning("agents did not exit: killing them")
-                    proc.kill()
-                    proc.wait()
-        for task in self._tasks:
-            task.cancel()
-        if self._channel is not None:
-            self._channel.close()
+        for proc in procs:
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                log.warning("agents did not exit: killing them")
+                proc.kill()
+                proc.wait()
+        for channel in self._channels.values():
+            channel.close()
         if self._sock is not None:
             self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
             self._sock.close(0)
@@ -236,10 +248,14 @@ class AgentLauncher:
         for agent in self.agents.values():
             if agent.outbox:
                 frame = protocol.encode(agent.outbox)
+                if b"exit" in frame:
+                    import traceback; log.warning("EXITDBG %s %s", agent.name, "".join(traceback.format_stack()))
                 agent.outbox = []
                 agent.last_sent = now
-                if self._channel is not None:
-                    self._channel.send(frame)
+                if self.pipes:
+                    channel = self._channels.get(agent.name)
+                    if channel is not None:
+                        channel.send(frame)
                     continue
                 try:
                     self._sock.send_multipart([agent.name.encode(), frame], flags=zmq.NOBLOCK)
@@ -350,31 +366,42 @@ class AgentLauncher:
                 self.cb.on_fatal(f"only {up} of {len(self.agents)} node agents ready within --nl-init-timeout "
                                  f"{s.init_timeout:g} s (see agent-*.log and agents.out in the service directory)")
                 return
+            if not self.starter.restartable and self._step_ended():
+                return
             # a local agent's exit is its death; agents of an srun step are judged by their heartbeats
             # (srun outlives a killed agent, and Slurm ends the others soon after srun itself dies)
-            code = self.starter.poll()
-            if not self.ready and not self.starter.restartable and code is not None:
-                # the step has ended: no agent can come up any more, waiting for --nl-init-timeout is futile
-                up = sum(1 for a in self.agents.values() if a.alive)
-                self.cb.on_fatal(f"the node agents' srun step exited (code {code}) with only {up} of "
-                                 f"{len(self.agents)} agents ready (see agent-*.log and agents.out in the "
-                                 f"service directory)")
-                return
-            exited = self.starter.restartable and code is not None
             for agent in self.agents.values():
+                exited = self.starter.restartable and self.starter.exited(agent.name)
                 if agent.alive and (exited or now - agent.last_seen > s.timeout):
                     self._lose(agent, "its process ended" if exited else f"silent for {now - agent.last_seen:.1f} s")
                 elif agent.alive and now - agent.last_sent > s.heartbeat:
                     agent.outbox.append(["ping", now])
-            if exited and self.starter.restartable:
-                self._restarts.append(now)
-                self._restarts = [t for t in self._restarts if now - t < 60]
-                if len(self._restarts) > 5:
-                    self.cb.on_fatal("the node agent keeps dying (6 times within a minute): see agent-*.log")
+                if exited and not self._restart(agent, now):
                     return
-                log.warning("restarting the node agent")
-                self._start_agents()
             self.flush()
+
+    def _step_ended(self) -> bool:
+        """Before the agents are up, the end of their srun step means none can come up any more:
+        waiting for --nl-init-timeout would be futile."""
+        code = self.starter.poll()
+        if self.ready or code is None:
+            return False
+        up = sum(1 for a in self.agents.values() if a.alive)
+        self.cb.on_fatal(f"the node agents' srun step exited (code {code}) with only {up} of "
+                         f"{len(self.agents)} agents ready (see agent-*.log and agents.out in the "
+                         f"service directory)")
+        return True
+
+    def _restart(self, agent: Agent, now: float) -> bool:
+        """Restart a local agent that died, unless agents keep dying."""
+        self._restarts.append(now)
+        self._restarts = [t for t in self._restarts if now - t < 60]
+        if len(self._restarts) > 5:
+            self.cb.on_fatal("the node agent keeps dying (6 times within a minute): see agent-*.log")
+            return False
+        log.warning("restarting the node agent %s", agent.name)
+        self._start_local(agent)
+        return True
 
     def _lose(self, agent: Agent, why: str) -> None:
         agent.alive = False

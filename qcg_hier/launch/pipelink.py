@@ -27,6 +27,8 @@ class PipeChannel:
         self.closed = False
 
     def send(self, frame: bytes) -> None:
+        if self.closed:
+            return  # its descriptor numbers may already name other files
         data = len(frame).to_bytes(HEADER, "big") + frame
         if self._out:
             self._out += data  # behind what already waits

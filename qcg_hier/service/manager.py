@@ -135,8 +135,8 @@ class ManagerService:
         return self.slurm if schema == "auto" else schema == "slurm"
 
     def _make_launcher(self):
-        """Fake; one local agent (local mode, or --disable-nl: tasks then are srun steps); or one
-        agent per node started by a single srun step (inside an allocation)."""
+        """Fake; local agents, each serving some of the nodes (local mode, or --disable-nl: tasks then
+        are srun steps); or one agent per node started by a single srun step (inside an allocation)."""
         config = self.config
         callbacks = Callbacks(self.kick, self._on_finished, self._on_node_lost, self._on_node_ready,
                               self._on_fatal)
@@ -154,8 +154,11 @@ class ManagerService:
             routes = {node.name: node.name for node in self.pool.nodes}
             return AgentLauncher(callbacks, ctx, str(self.service_dir), routes, starter, settings, self.zap,
                                  bind_host="0.0.0.0", advertise_host=advertised_host("*"))
-        routes = {node.name: "local" for node in self.pool.nodes}
-        return AgentLauncher(callbacks, ctx, str(self.service_dir), routes, LocalAgents(), settings, self.zap)
+        names = early_agent.agent_names(early_agent.agent_count(len(self.pool.nodes),
+                                                                getattr(config, "local_agents", None)))
+        routes = {node.name: names[i % len(names)] for i, node in enumerate(self.pool.nodes)}
+        return AgentLauncher(callbacks, ctx, str(self.service_dir), routes, LocalAgents(names), settings,
+                             self.zap)
 
     # ------------------------------------------------------------ lifecycle
     async def run(self) -> int:
