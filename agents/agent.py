@@ -33,7 +33,7 @@ agent -> manager::
 How it stays fast (a few tens of microseconds per task on top of the bare
 ``posix_spawn`` + ``wait4`` cost):
 
-* one thread, one loop: a ``zmq.Poller`` watches the DEALER socket and the
+* one thread, one loop: a poller watches the link to the manager and the
   read end of a non-blocking pipe installed with ``signal.set_wakeup_fd``, so
   that SIGCHLD (and SIGTERM/SIGINT) wake the loop up;
 * SIGCHLD is blocked while the loop works and unblocked only around the poll:
@@ -57,6 +57,7 @@ import heapq
 import logging
 import mmap
 import os
+import select
 import signal
 import stat
 import socket
@@ -64,7 +65,6 @@ import sys
 import time
 
 import orjson
-import zmq
 
 log = logging.getLogger("qcg_hier_agent")
 
@@ -164,6 +164,9 @@ class ZmqLink:
     """The manager over a zmq DEALER socket (identity = node name), CURVE-secured when given keys."""
 
     def __init__(self, address, node, linger, server_key=None, public_key=None, secret_key=None):
+        import zmq  # here only: a local agent (pipes) never pays for its import
+
+        self._zmq = zmq
         self.ctx = zmq.Context(1)
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, node.encode("utf-8"))
@@ -181,13 +184,20 @@ class ZmqLink:
         self.eof = False  # a socket has no end: a silent manager is judged by time
         self.buffered = False
 
+    def poller(self):
+        """(poller, its POLLIN, its POLLOUT): a zmq socket needs zmq's poller."""
+        zmq = self._zmq
+        return zmq.Poller(), zmq.POLLIN, zmq.POLLOUT
+
     def next_frame(self):
+        zmq = self._zmq
         try:
             return self.sock.recv(zmq.NOBLOCK)
         except zmq.Again:
             return None
 
     def send(self, frame) -> bool:
+        zmq = self._zmq
         try:
             self.sock.send(frame, zmq.NOBLOCK)
             return True
@@ -213,6 +223,11 @@ class PipeLink:
         self._in = bytearray(initial)
         self._out = bytearray()
         self.eof = False
+
+    @staticmethod
+    def poller():
+        """(poller, its POLLIN, its POLLOUT)."""
+        return select.poll(), select.POLLIN, select.POLLOUT
 
     @property
     def buffered(self) -> bool:
@@ -330,6 +345,7 @@ class Agent:
 
         self.link = None
         self.poller = None
+        self._pollout = 0  # the poller's flag for "room to write"
         self._polled_out = None  # the descriptor polled for room to write, if any
         self._wake_r = self._wake_w = -1
         self.null_r = self.null_w = -1
@@ -370,9 +386,9 @@ class Agent:
         if self.link is None:
             self.link = ZmqLink(self.address, self.node, self.linger, self.curve_server_key,
                                 self.curve_public_key, self.curve_secret_key)
-        self.poller = zmq.Poller()
-        self.poller.register(self.link.pollable, zmq.POLLIN)
-        self.poller.register(r, zmq.POLLIN)
+        self.poller, pollin, self._pollout = self.link.poller()
+        self.poller.register(self.link.pollable, pollin)
+        self.poller.register(r, pollin)
 
     def _on_stop_signal(self, signum, frame):
         self.stop_signal = signum
@@ -546,7 +562,7 @@ class Agent:
             if self._polled_out is not None:
                 self.poller.unregister(self._polled_out)
             if fd is not None:
-                self.poller.register(fd, zmq.POLLOUT)
+                self.poller.register(fd, self._pollout)
             self._polled_out = fd
 
     def _flush(self, out: list) -> bool:
@@ -947,6 +963,12 @@ def _normalize_address(address: str) -> str:
     return address
 
 
+def _has_curve() -> bool:
+    import zmq
+
+    return zmq.has("curve")
+
+
 def _read_keys(path):
     with open(path, "rb") as f:
         data = orjson.loads(f.read())
@@ -1094,7 +1116,7 @@ def main(argv=None) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.error("cannot read CURVE keys from %s: %s", args.curve_keys_file, e)
             return EXIT_USAGE
-    if args.curve_server_key and not zmq.has("curve"):
+    if args.curve_server_key and not _has_curve():
         log.error("CURVE requested but libzmq has no CURVE support")
         return EXIT_USAGE
 
