@@ -248,8 +248,6 @@ class AgentLauncher:
         for agent in self.agents.values():
             if agent.outbox:
                 frame = protocol.encode(agent.outbox)
-                if b"exit" in frame:
-                    import traceback; log.warning("EXITDBG %s %s", agent.name, "".join(traceback.format_stack()))
                 agent.outbox = []
                 agent.last_sent = now
                 if self.pipes:
