@@ -485,7 +485,8 @@ class Bench:
         reqs = [bl.submit_req(jobs), bl.finish_req()]
         print(f"real: {n:,} x /bin/true in {len(jobs)} job(s) on --nodes {nodes} ({ncores} virtual cores, "
               f"{os.cpu_count()} CPUs); governor with --partition-nodes {a.real_partition_nodes} "
-              f"({children} children) vs one manager; {a.repeat} alternating pairs", flush=True)
+              f"({children} children) vs one manager{' ' + ' '.join(a.manager_arg) if a.manager_arg else ''}; "
+              f"{a.repeat} alternating pairs", flush=True)
         raw = bl.raw_spawn_rate(n, ncores)
         print(f"    raw posix_spawn loop, {ncores} in flight: {raw.rate:,.0f} tasks/s "
               f"({n:,} in {raw.seconds:.2f} s); loadavg {os.getloadavg()[0]:.2f}", flush=True)
@@ -502,7 +503,7 @@ class Bench:
                 if who == "gov":
                     res[who] = self.run(f"real-gov{i}", True, reqs, nodes, n, len(jobs), extra=extra_gov)
                 else:
-                    res[who] = self.run(f"real-mgr{i}", False, reqs, nodes, n, len(jobs))
+                    res[who] = self.run(f"real-mgr{i}", False, reqs, nodes, n, len(jobs), extra=a.manager_arg)
                 o = res[who]
                 print(f"    [pair {i + 1}] {'governor' if who == 'gov' else 'manager '}: "
                       f"{_rate(o.report_rate)} tasks/s in the task window ({_sec(o.scan.window if o.scan else None)}), "
@@ -625,6 +626,9 @@ def parse_args(argv=None):
     g.add_argument("--real-nodes", default="2,2,2,2", help="--nodes of both services (default 2,2,2,2)")
     g.add_argument("--real-partition-nodes", type=int, default=1, help="nodes per child (default 1)")
     g.add_argument("--repeat", type=int, default=3, help="alternating governor/manager pairs (default 3)")
+    g.add_argument("--manager-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for the single manager (repeatable), e.g. --manager-arg=--local-agents=1 "
+                        "(one agent, as each child has here)")
     g.add_argument("--raw-each", action="store_true",
                    help="re-measure the raw posix_spawn loop before every pair (shared machine)")
     ap.add_argument("--sample", type=float, default=0.2, help="RSS / CPU sampling interval, s (default 0.2)")

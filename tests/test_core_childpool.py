@@ -75,6 +75,42 @@ def test_a_bigger_child_takes_more():
     assert counts["big"] == 2 * counts["small"]
 
 
+def _room_sum(pool):
+    return sum(c.room for c in pool.nodes if c.ready)
+
+
+def test_short_tasks_deepen_a_childs_queue_and_long_ones_bring_it_back():
+    from qcg_hier.core import childpool
+
+    pool = pool_with(("a", [2], ()), ("b", [2], ()))
+    a, b = pool.by_name["a"], pool.by_name["b"]
+    assert a.limit == 4  # the least: one refill per core
+    for _ in range(200):
+        pool.observe(a, 0.001)  # millisecond tasks
+    assert a.limit == 2 * childpool.MAX_PREFETCH  # capped
+    assert b.limit == 4 and pool.free_cores == _room_sum(pool) == a.limit + 4
+    for _ in range(200):
+        pool.observe(a, 0.04)  # 40 ms: QUEUE_SECONDS of queued work per core is 1.25 tasks
+    assert childpool.QUEUE_SECONDS == 0.05 and a.limit == 5  # ceil(2 x 2.25)
+    for _ in range(200):
+        pool.observe(a, 60.0)  # long tasks are not hoarded
+    assert a.limit == 4 and pool.free_cores == _room_sum(pool) == 8
+
+
+def test_a_deeper_queue_is_handed_out_and_accounted():
+    pool = pool_with(("a", [2], ()), ("b", [2], ()))
+    core = Scheduler(pool)
+    core.submit([job("w", iteration={"stop": 1000})], 0.0)
+    assert len(core.schedule(0.0)) == 8
+    for _ in range(100):
+        pool.observe(pool.by_name["a"], 0.001)
+    more = core.schedule(1.0)
+    assert by_child(more) == {"a": list(range(8, 8 + 60))}  # the room that opened: 64 - 4 handed out
+    assert pool.free_cores == _room_sum(pool) == 0
+    pool.mark_lost(pool.by_name["a"], permanent=False)
+    assert pool.free_cores == _room_sum(pool) == 0
+
+
 def test_tags_route_and_a_job_no_child_can_hold_is_refused():
     pool = pool_with(("plain", [4], ()), ("fat", [2, 2], ("bigmem",)))
     core = Scheduler(pool)
@@ -89,17 +125,18 @@ def test_tags_route_and_a_job_no_child_can_hold_is_refused():
     assert "no child manager is attached" in ChildPool().why_never_fits(Request())
 
 
-def test_a_lost_child_returns_its_work_as_a_retry_and_a_returned_chunk_is_no_retry():
+def test_a_lost_childs_started_work_is_a_retry_its_queued_work_and_a_returned_chunk_are_not():
     pool = pool_with(("a", [2], ()), ("b", [2], ()))
     core = Scheduler(pool)
     core.submit([job("w", iteration={"stop": 8})], 0.0)
     started = core.schedule(0.0)
     on_a = [t for t in started if t.alloc.child.name == "a"]
+    core.executing(on_a[:2], 0.5)  # the child started two; the other two waited in its queue
     lost = core.node_lost(pool.by_name["a"], 1.0, permanent=False)
     assert sorted(t.it for t in lost) == sorted(t.it for t in on_a)
     assert pool.idle_cores == 0  # a is not ready; b is full
     jobobj = core.jobs["w"]
-    assert all(jobobj.attempts[t.it][0] == 1 for t in on_a)
+    assert [jobobj.attempts[t.it][0] for t in on_a] == [1, 1, 0, 0]  # only a started one is a retry
     on_b = [t for t in started if t.alloc.child.name == "b"]
     core.give_back(on_b[-1], 2.0)
     assert jobobj.attempts[on_b[-1].it][0] == 0
@@ -176,3 +213,22 @@ def test_partitions_split_and_child_commands():
     assert argv[:8] == ["srun", "--overlap", "-N", "1", "-n", "1", "-w", "n2"]
     # the governor's own nodes begin at index 2 of the allocation: the child's range counts from there
     assert argv[-4:] == ["--slurm-limit-nodes-range-begin", "4", "--slurm-limit-nodes-range-end", "6"]
+
+
+def test_the_governor_learns_task_lengths_from_the_ends_its_children_report():
+    """The shell feeds the pool: every end a child reports carries the task's start and end."""
+    from types import SimpleNamespace
+
+    from qcg_hier.governor.childlink import ChildLauncher, LinkSettings
+
+    pool = pool_with(("a", [2], ()))
+    core = Scheduler(pool)
+    core.submit([job("w", iteration={"stop": 100})], 0.0)
+    running = {t.it: t for t in core.schedule(0.0)}
+    service = SimpleNamespace(pool=pool, running_task=lambda name, it: running.get(it))
+    launcher = ChildLauncher(None, service, None, None, LinkSettings())
+    reports = [["w", it, "SUCCEED", 0, 1, "true", 10.0, 10.001, 0.0, 0, "n0[0]", None, "/"] for it in running]
+    launcher._finished(SimpleNamespace(name="a"), reports)
+    assert len(launcher._ended) == 4
+    assert pool.by_name["a"].mean_runtime == pytest.approx(0.001)
+    assert pool.by_name["a"].limit > 4

@@ -395,3 +395,38 @@ def test_status_and_reports_on_a_governor_directory(tmp_path, services):
     assert "s:" in listed and "n0" not in listed.replace("n1", ""), listed
     out = tmp_path / "g.svg"
     assert hier("report", "gantt", tmp_path, "-o", out).returncode == 0 and out.stat().st_size > 0
+
+
+def test_a_busy_child_sends_its_ends_up_in_batches():
+    """Every send wakes the governor: ends that come close together travel in one frame, and the
+    first end after a quiet spell goes at once."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from qcg_hier import protocol
+    from qcg_hier.core.states import JobState
+    from qcg_hier.governor import parentlink
+    from qcg_hier.governor.childlink import LinkSettings
+
+    sent = []
+    sock = SimpleNamespace(send=lambda frame, flags=0: sent.append(protocol.decode(frame)))
+    service = SimpleNamespace(pool=SimpleNamespace(used_cores=0))
+    job = SimpleNamespace(name="w", iterative=True)
+
+    def end(it):
+        return [("it", job, it, JobState.SUCCEED, None)]
+
+    async def scenario():
+        link = parentlink.ParentLink(service, "tcp://x", LinkSettings(), [])
+        link.sock, link._loop, link._check_pending = sock, asyncio.get_running_loop(), True
+        link.forward(end(0))
+        assert len(sent) == 1  # at once
+        for it in range(1, 4):
+            link.forward(end(it))
+        assert len(sent) == 1  # held back for a moment...
+        await asyncio.sleep(parentlink.FORWARD_INTERVAL * 3)
+        assert len(sent) == 2  # ... then sent together
+        fins = [m for frame in sent for m in frame if m[0] == "fin"]
+        assert [[e[1] for e in m[1]] for m in fins] == [[0], [1, 2, 3]]
+
+    asyncio.run(scenario())

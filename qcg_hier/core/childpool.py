@@ -8,6 +8,10 @@ Capacity: a child may hold up to `ceil(total * prefetch)` cores of work at once,
 from what the governor handed out and has not yet heard finish. With `prefetch` above 1 a
 child always has the next tasks queued while its results travel to the governor, and a
 fast or big child takes more work, because its capacity frees up sooner or in larger parts.
+A child's prefetch follows the length of its recent tasks (`observe`): it holds about
+QUEUE_SECONDS of work per core beyond what runs, so that a child running millisecond tasks
+refills itself from its own queue instead of waiting for the governor after every task, while
+long tasks are not hoarded by one child (at the end of a campaign the others would stay idle).
 
 Routing policy (`allocate`): among the children whose tags include all of the request's and
 whose nodes could hold it, idle cores are filled first (the child with the most idle cores),
@@ -19,14 +23,16 @@ import math
 
 from .resources import ResourcePool
 
-DEFAULT_PREFETCH = 2.0
+DEFAULT_PREFETCH = 2.0  # the least: one refill per core queued
+QUEUE_SECONDS = 0.05  # queued work per core beyond what runs, in seconds of the child's recent tasks
+MAX_PREFETCH = 32.0
 
 
 class Child:
     """One attached child manager."""
 
     __slots__ = ("index", "name", "tags", "tagset", "specs", "shape", "total", "max_node_cores", "limit",
-                 "outstanding", "alive", "ready", "used", "claims")
+                 "outstanding", "alive", "ready", "used", "claims", "mean_runtime")
 
     def __init__(self, index: int, name: str):
         self.index = index
@@ -36,6 +42,7 @@ class Child:
         self.ready = False
         self.used = 0  # cores in use, as the child last reported
         self.claims: dict = {}  # cores -> the ChildAlloc every task of that size on this child shares
+        self.mean_runtime = None  # seconds, a moving mean over its recent tasks (see ChildPool.observe)
 
     def describe_resources(self, specs: list, tags: tuple, prefetch: float) -> None:
         self.specs = list(specs)
@@ -220,6 +227,19 @@ class ChildPool:
             if c.ready and amount >= c.need(req) and amount > most:
                 best, most = c, amount
         return best
+
+    def observe(self, child: Child, seconds: float) -> None:
+        """A task ran `seconds` on `child`: its prefetch follows the mean length of its recent tasks."""
+        mean = child.mean_runtime
+        mean = child.mean_runtime = seconds if mean is None else mean + (seconds - mean) / 16
+        prefetch = 1 + QUEUE_SECONDS / mean if mean > 0 else MAX_PREFETCH
+        prefetch = self.prefetch if prefetch < self.prefetch else MAX_PREFETCH if prefetch > MAX_PREFETCH else prefetch
+        limit = math.ceil(child.total * prefetch)
+        if limit != child.limit:
+            room = child.room
+            child.limit = limit
+            if child.ready:
+                self.free_cores += child.room - room
 
     def release(self, alloc: ChildAlloc) -> None:
         child = alloc.child

@@ -746,12 +746,13 @@ class Scheduler:
 
     # ================================================================ failures
     def node_lost(self, node, now: float, permanent: bool = True) -> list[Task]:
-        """A node died (or its agent is restarting, not `permanent`): its tasks go back to the queue
-        as a retry; returns them (so that parts on other nodes can be killed)."""
+        """A node died (or its agent is restarting, not `permanent`): its tasks go back to the queue,
+        as a retry those that had started (a governor's child also held work queued, never started);
+        returns them (so that parts on other nodes can be killed)."""
         self.pool.mark_lost(node, permanent)
         lost = [t for t in self.tasks.values() if any(share[0] is node for share in t.alloc.shares)]
         for task in lost:
-            self._requeue(task, now)
+            self._requeue(task, now, retry=task.history[-1][0] is not SCH)
         if permanent:
             self._fail_impossible(now)
         return lost

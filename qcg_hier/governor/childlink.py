@@ -270,6 +270,7 @@ class ChildLauncher:
 
     def _finished(self, entry: ChildEntry, reports: list) -> None:
         find = self.service.running_task
+        observe = self.service.pool.observe
         finished = self._ended
         for name, it, state, rc, pid, pname, start, end, cpu, maxrss, where, error, wd in reports:
             task = find(name, it)
@@ -280,6 +281,8 @@ class ChildLauncher:
             # read as a success
             if state in FAILED_STATES and not error and rc == 0:
                 error = state.lower()
+            if start and end:
+                observe(task.alloc.child, end - start)
             finished.append((task.tid, Outcome(rc, pid, pname, start, end, cpu, maxrss, reason, error, wd, where)))
 
     def _bye(self, entry: ChildEntry, how: str) -> None:

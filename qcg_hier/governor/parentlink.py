@@ -31,6 +31,10 @@ from ..launch.launcher import FRAMES_PER_TURN, stalled
 from .childlink import LinkSettings
 
 log = logging.getLogger("qcg_hier")
+# Ends go up at most this often: under load they travel in batches (every send wakes the governor
+# and its I/O thread), while the first end after a quiet spell goes at once. The governor's
+# prefetch keeps a busy child's queue filled for longer than this.
+FORWARD_INTERVAL = 0.005
 
 
 class ParentLinkError(Exception):
@@ -69,6 +73,7 @@ class ParentLink:
         self.last_used = -1  # cores in use as last reported
         self._loop = None
         self._check_pending = False
+        self._forward_timer = None
         self._tasks = []
 
     # ----- joining -----
@@ -160,6 +165,14 @@ class ParentLink:
         if self.detached:
             return
         self.fin += [fin_entry(job, it, state, record) for job, it, state, record in task_ends(events)]
+        wait = self.last_sent + FORWARD_INTERVAL - time.monotonic()
+        if wait <= 0 or self._loop is None:
+            self.flush()
+        elif self._forward_timer is None:
+            self._forward_timer = self._loop.call_later(wait, self._forward_due)
+
+    def _forward_due(self) -> None:
+        self._forward_timer = None
         self.flush()
 
     def flush(self) -> None:
@@ -308,6 +321,8 @@ class ParentLink:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._forward_timer is not None:
+            self._forward_timer.cancel()
         if self.sock is not None:
             self._loop.remove_reader(self.sock.getsockopt(zmq.FD))
             # give the last frames (bye) a moment to leave before the socket goes
