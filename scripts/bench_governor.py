@@ -26,10 +26,11 @@ governor's "N children connected after X s: scheduling starts" line):
           that look wrong (governor, children, partition-*.log) are printed,
           grouped by kind.
   real    --real-tasks (20,000) /bin/true tasks (--real-jobs jobs) through a
-          governor over --real-nodes (2,2,2,2) with --real-partition-nodes (1)
-          (4 local children), against ONE manager ``qcg-pm-service --nodes
-          2,2,2,2`` (the same virtual cores, the same tasks), alternating the
-          two --repeat (3) times.  Rate = tasks / (first EXECUTING date ->
+          governor over --real-nodes (8,8,8,8, the nodes of bench_manager's
+          throughput cases) with --real-partition-nodes (1) (4 local children),
+          against ONE manager ``qcg-pm-service --nodes 8,8,8,8`` (the same
+          virtual cores, the same tasks; --manager-arg adds options to it),
+          alternating the two --repeat (3) times.  Rate = tasks / (first EXECUTING date ->
           last final-state date) from the iteration lines of jobs.report;
           wall-clock rates (with start-up) are printed too.  The figure is
           the median over the pairs of governor rate / manager rate (target
@@ -623,7 +624,7 @@ def parse_args(argv=None):
     g = ap.add_argument_group("real")
     g.add_argument("--real-tasks", type=int, default=20_000, help="/bin/true tasks (default 20,000)")
     g.add_argument("--real-jobs", type=int, default=1, help="jobs the tasks are split into (default 1)")
-    g.add_argument("--real-nodes", default="2,2,2,2", help="--nodes of both services (default 2,2,2,2)")
+    g.add_argument("--real-nodes", default="8,8,8,8", help="--nodes of both services (default 8,8,8,8)")
     g.add_argument("--real-partition-nodes", type=int, default=1, help="nodes per child (default 1)")
     g.add_argument("--repeat", type=int, default=3, help="alternating governor/manager pairs (default 3)")
     g.add_argument("--manager-arg", action="append", default=[], metavar="ARG",
