@@ -95,6 +95,8 @@ def test_short_tasks_deepen_a_childs_queue_and_long_ones_bring_it_back():
     for _ in range(200):
         pool.observe(a, 60.0)  # long tasks are not hoarded
     assert a.limit == 4 and pool.free_cores == _room_sum(pool) == 8
+    pool.observe(b, -1.0)  # an end before its start (a clock stepped back) counts as instant
+    assert b.mean_runtime == 0.0 and b.limit == 2 * childpool.MAX_PREFETCH
 
 
 def test_a_deeper_queue_is_handed_out_and_accounted():

@@ -230,6 +230,7 @@ class ChildPool:
 
     def observe(self, child: Child, seconds: float) -> None:
         """A task ran `seconds` on `child`: its prefetch follows the mean length of its recent tasks."""
+        seconds = seconds if seconds > 0 else 0.0  # (a child's clock may step back)
         mean = child.mean_runtime
         mean = child.mean_runtime = seconds if mean is None else mean + (seconds - mean) / 16
         prefetch = 1 + QUEUE_SECONDS / mean if mean > 0 else MAX_PREFETCH
