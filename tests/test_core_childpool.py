@@ -207,6 +207,10 @@ def test_partitions_split_and_child_commands():
     argv = local.command(local.partitions["partition-2"])
     assert argv[argv.index("--nodes") + 1] == "n4:4" and "--fake-launch" in argv
     assert argv[argv.index("--parent") + 1] == "tcp://g:1" and argv[argv.index("--id") + 1] == "partition-2"
+    assert "--local-agents" not in argv
+    config.local_agents = 1
+    argv = local.command(local.partitions["partition-2"])
+    assert argv[argv.index("--local-agents") + 1] == "1"
     starter = ChildStarter(specs, 2, config, None, None, slurm=False)
     starter.slurm = True
     starter.flags = SimpleNamespace(overlap=["--overlap"], cpu_bind_none="--cpu-bind=none")

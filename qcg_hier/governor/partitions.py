@@ -89,6 +89,8 @@ class ChildStarter:
                 argv.append(flag)
         if c.envschema != "auto":
             argv += ["--envschema", c.envschema]
+        if getattr(c, "local_agents", None):
+            argv += ["--local-agents", str(c.local_agents)]  # children launch; a governor never does
         if c.net_bind:
             argv += ["--net-bind", c.net_bind]
         if not self.slurm:
