@@ -147,6 +147,20 @@ def test_a_lost_childs_started_work_is_a_retry_its_queued_work_and_a_returned_ch
     assert sorted(t.it for t in again) == sorted([t.it for t in on_a] + [on_b[-1].it])
 
 
+def test_the_starvation_limit_follows_the_children_that_come_and_go():
+    pool = pool_with(("a", [2], ()), ("b", [4], ()))
+    core = Scheduler(pool)
+    assert core.starvation_limit == 6  # one refill of the machine
+    core.node_lost(pool.by_name["b"], 1.0, permanent=True)
+    assert core.starvation_limit == 2
+    pool.mark_ready(pool.attach("c", nodes(8, prefix="c"), ("c",)))
+    core.follow_capacity()  # what the governor does when a child registers
+    assert core.starvation_limit == 10
+    fixed = Scheduler(pool_with(("a", [2], ()), ("b", [4], ())), starvation_limit=3)
+    fixed.node_lost(fixed.pool.by_name["b"], 1.0, permanent=True)
+    assert fixed.starvation_limit == 3  # given: kept
+
+
 def test_a_child_adopts_a_job_and_runs_only_what_it_is_given():
     core = Scheduler(ResourcePool(nodes(2)))
     core.adopt(job("w", iteration={"start": 10, "stop": 1010}), 0.0)

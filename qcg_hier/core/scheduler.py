@@ -59,6 +59,7 @@ class CheckedBatch:
 class Scheduler:
     def __init__(self, pool, starvation_limit: int | None = None, record_limit: int = 100_000):
         self.pool = pool
+        self._limit_given = bool(starvation_limit)
         self.starvation_limit = starvation_limit or max(pool.total_cores, 1)
         self.record_limit = record_limit
         self.jobs: dict[str, Job] = {}
@@ -754,8 +755,15 @@ class Scheduler:
         for task in lost:
             self._requeue(task, now, retry=task.history[-1][0] is not SCH)
         if permanent:
+            self.follow_capacity()
             self._fail_impossible(now)
         return lost
+
+    def follow_capacity(self) -> None:
+        """Nodes (a governor's children) came or went for good: a default starvation limit, one
+        refill of the machine, follows its cores."""
+        if not self._limit_given:
+            self.starvation_limit = max(self.pool.total_cores, 1)
 
     def node_ready(self, node) -> None:
         """A node's agent is up: the node receives work."""

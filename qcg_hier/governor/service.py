@@ -102,7 +102,7 @@ class GovernorService(ManagerService):
     # ------------------------------------------------------------ the children
     def child_attached(self, name: str, specs: list, tags: tuple) -> None:
         self.pool.attach(name, specs, tags)
-        self.core.starvation_limit = max(self.pool.total_cores, 1)
+        self.core.follow_capacity()
 
     def running_task(self, name: str, it: int):
         job = self.core.jobs.get(name)
