@@ -11,7 +11,7 @@ from qcg_hier.launch.taskspec import TaskContext, build
 def _task_on(node_spec, slots, tid=7, it=0, desc=None):
     """A minimal task on one node's slots, for building its launch spec."""
     job = Job(parse_job(desc or {"name": "b", "execution": {"exec": "/bin/true"}}), 1, ("QUEUED", 0.0))
-    return Task(tid, job, it, Allocation([(Node(0, node_spec), list(slots), (), 0)]), None, 0, [])
+    return Task(tid, job, it, Allocation([(Node(node_spec), list(slots), (), 0)]), None, 0, [])
 
 
 @pytest.mark.parametrize("node_cores,slots,expected", [

@@ -31,11 +31,10 @@ MAX_PREFETCH = 32.0
 class Child:
     """One attached child manager."""
 
-    __slots__ = ("index", "name", "tags", "tagset", "specs", "shape", "total", "max_node_cores", "limit",
+    __slots__ = ("name", "tags", "tagset", "specs", "shape", "total", "max_node_cores", "limit",
                  "outstanding", "alive", "ready", "used", "claims", "mean_runtime")
 
-    def __init__(self, index: int, name: str):
-        self.index = index
+    def __init__(self, name: str):
         self.name = name
         self.outstanding = 0  # cores of iterations handed out and not yet reported finished
         self.alive = True
@@ -113,7 +112,7 @@ class ChildPool:
         """A child registers (or registers again, maybe with other nodes); it is not ready yet."""
         child = self.by_name.get(name)
         if child is None:
-            child = Child(len(self.nodes), name)
+            child = Child(name)
             self.nodes.append(child)
             self.by_name[name] = child
         else:

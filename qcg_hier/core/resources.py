@@ -14,11 +14,10 @@ from .nodespec import NodeSpec
 
 
 class Node:
-    __slots__ = ("index", "name", "total", "free", "gpus", "free_gpus", "mem_mb", "free_mem", "alive", "ready",
+    __slots__ = ("name", "total", "free", "gpus", "free_gpus", "mem_mb", "free_mem", "alive", "ready",
                  "tags")
 
-    def __init__(self, index: int, spec: NodeSpec):
-        self.index = index
+    def __init__(self, spec: NodeSpec):
         self.name = spec.name
         self.total = spec.cores
         # a stack: the lowest slot numbers are handed out first
@@ -74,7 +73,7 @@ class ResourcePool:
     """Nodes that are alive count for admission; only those also ready receive work."""
 
     def __init__(self, specs: list[NodeSpec], ready: bool = True):
-        self.nodes = [Node(i, s) for i, s in enumerate(specs)]
+        self.nodes = [Node(s) for s in specs]
         self.by_name = {n.name: n for n in self.nodes}
         self.max_slots = max((n.total for n in self.nodes), default=0)
         self._by_free: list[dict] = [dict() for _ in range(self.max_slots + 1)]
