@@ -18,6 +18,7 @@ CREDENTIALS_FILE = "credentials.json"
 ENV_SERVER_KEY = "QCG_PM_ZMQ_SERVER_KEY"
 ENV_CLIENT_PUBLIC = "QCG_PM_ZMQ_CLIENT_PUBLIC"
 ENV_CLIENT_SECRET = "QCG_PM_ZMQ_CLIENT_SECRET"
+ENV_ADDRESS = "QCG_PM_ZMQ_ADDRESS"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 
 
@@ -84,3 +85,12 @@ class Credentials:
 
 def public_key_bytes(public_z85: str) -> bytes:
     return z85.decode(public_z85.encode())
+
+
+def client_env(address: str, credentials: "Credentials | None") -> dict:
+    """What a process needs to talk to the service at `address`: the address, and the keys when
+    the service authenticates (tasks of a manager, a governor's children and their tasks)."""
+    env = {ENV_ADDRESS: address}
+    if credentials is not None:
+        env.update(credentials.client_env())
+    return env

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import zmq
 
-from ..auth import Credentials
+from ..auth import ENV_ADDRESS, Credentials
 from ..service.servicedir import find_service_dirs
 from .errors import ConnectionError, InternalError, ServiceError, TimeoutElapsed, WrongArgumentsError
 from .jobinfo import JobInfo
@@ -38,13 +38,13 @@ def _names(names) -> list[str]:
 def resolve_address(address=None) -> tuple[str, Credentials | None]:
     """(zmq address, credentials) from an address, a directory, the environment or the cwd."""
     if address is None:
-        env_address = os.environ.get("QCG_PM_ZMQ_ADDRESS")
+        env_address = os.environ.get(ENV_ADDRESS)
         if env_address:
             return env_address, Credentials.from_env()
         address = os.getcwd()
     text = str(address)
     if "://" in text:
-        env_creds = Credentials.from_env() if os.environ.get("QCG_PM_ZMQ_ADDRESS") == text else None
+        env_creds = Credentials.from_env() if os.environ.get(ENV_ADDRESS) == text else None
         return text, env_creds
     path = Path(text)
     if path.is_dir():

@@ -25,7 +25,7 @@ from ..core.errors import CoreError, SubmitError
 from ..core.jobdesc import parse_job
 from ..core.scheduler import task_ends
 from ..core.states import JobState
-from ..auth import Credentials
+from ..auth import Credentials, client_env
 from ..service.servicedir import PARENT_FILE, find_service_dirs
 from ..launch.launcher import FRAMES_PER_TURN, stalled
 from .childlink import LinkSettings
@@ -144,10 +144,7 @@ class ParentLink:
 
     def task_env(self) -> dict:
         """Tasks of a child talk to the governor (one view of the campaign), not to the child."""
-        env = {"QCG_PM_ZMQ_ADDRESS": self.address}
-        if self.credentials is not None:
-            env.update(self.credentials.client_env())
-        return env
+        return client_env(self.address, self.credentials)
 
     # ----- going up -----
     def started(self, tasks) -> None:

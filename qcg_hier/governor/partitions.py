@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from ..auth import Credentials
+from ..auth import Credentials, client_env
 from ..launch.slurm import SrunFlags
 
 log = logging.getLogger("qcg_hier")
@@ -105,9 +105,7 @@ class ChildStarter:
 
     def _start(self, part: Partition) -> None:
         env = dict(os.environ)
-        env["QCG_PM_ZMQ_ADDRESS"] = self.governor_address
-        if self.credentials is not None:
-            env.update(self.credentials.client_env())
+        env.update(client_env(self.governor_address, self.credentials))
         out = open(self.service_dir / f"{part.name}.log", "ab")
         try:
             part.process = subprocess.Popen(self.command(part), stdin=subprocess.DEVNULL, stdout=out,

@@ -13,6 +13,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
+from ..auth import client_env
 from ..core.resources import ResourcePool
 from ..core.scheduler import Scheduler, task_ends
 from ..core.states import JobState
@@ -234,10 +235,7 @@ class ManagerService:
         self.zmq_address, self.pub_address, self.publisher = net.address, net.pub_address, net.publisher
         if self.task_context is not None:
             # tasks may act as application controllers and submit more jobs
-            variables = {"QCG_PM_ZMQ_ADDRESS": net.address}
-            if net.credentials is not None:
-                variables.update(net.credentials.client_env())
-            self.task_context.update_env(variables)
+            self.task_context.update_env(client_env(net.address, net.credentials))
         self._advertise()
         log.info("network interface at %s, status publisher at %s, authentication %s", net.address,
                  net.pub_address, "CURVE" if net.credentials else "none")
