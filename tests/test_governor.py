@@ -428,5 +428,12 @@ def test_a_busy_child_sends_its_ends_up_in_batches():
         assert len(sent) == 2  # ... then sent together
         fins = [m for frame in sent for m in frame if m[0] == "fin"]
         assert [[e[1] for e in m[1]] for m in fins] == [[0], [1, 2, 3]]
+        # starts too: the service asks for a flush after every scheduling pass
+        for it in (4, 5, 6):
+            link.started([SimpleNamespace(job=job, it=it)])
+            link.flush_soon()
+        assert len(sent) == 3 and ["exe", {"w": [4]}] in sent[-1]  # after a quiet spell: at once
+        await asyncio.sleep(parentlink.FORWARD_INTERVAL * 3)
+        assert len(sent) == 4 and ["exe", {"w": [5, 6]}] in sent[-1]
 
     asyncio.run(scenario())

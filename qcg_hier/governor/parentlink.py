@@ -31,8 +31,8 @@ from ..launch.launcher import FRAMES_PER_TURN, stalled
 from .childlink import LinkSettings
 
 log = logging.getLogger("qcg_hier")
-# Ends go up at most this often: under load they travel in batches (every send wakes the governor
-# and its I/O thread), while the first end after a quiet spell goes at once. The governor's
+# Starts and ends go up at most this often: under load they travel in batches (every send wakes the
+# governor and its I/O thread), while the first after a quiet spell goes at once. The governor's
 # prefetch keeps a busy child's queue filled for longer than this.
 FORWARD_INTERVAL = 0.005
 
@@ -162,6 +162,11 @@ class ParentLink:
         if self.detached:
             return
         self.fin += [fin_entry(job, it, state, record) for job, it, state, record in task_ends(events)]
+        self.flush_soon()
+
+    def flush_soon(self) -> None:
+        """Starts and ends go up now, or, when a frame went up less than FORWARD_INTERVAL ago, at
+        the end of that interval (with whatever else has come by then)."""
         wait = self.last_sent + FORWARD_INTERVAL - time.monotonic()
         if wait <= 0 or self._loop is None:
             self.flush()

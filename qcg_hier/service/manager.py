@@ -403,7 +403,7 @@ class ManagerService:
             self._deliver(ends)
         self._process_events()
         if self.parent_link is not None:
-            self.parent_link.flush()  # the starts, when no event asked for a flush
+            self.parent_link.flush_soon()  # the starts, when no end asked for a flush
         self._check_done()
 
     def _on_finished(self, finished) -> None:
