@@ -13,7 +13,8 @@ from .core.errors import ResourceSpecError
 from .core.nodespec import NodeSpec, parse_nodes_option
 from .launch.slurmenv import in_allocation
 from .service.fileinterface import FileInterface
-from .service.servicedir import default_instance_id, make_service_dir, setup_logging
+from .service.naming import SERVICE_DIR_PREFIX, default_instance_id
+from .service.servicedir import make_service_dir, setup_logging
 
 NOT_YET = {
     "enable_proc_stats": "--enable-proc-stats",
@@ -239,7 +240,7 @@ def _check_hierarchy(opts) -> None:
 def _restore_options(opts, given: dict) -> None:
     """--resume: the journal's options, except those given again on this command line."""
     from .service import journal
-    from .service.servicedir import SERVICE_DIR_PREFIX, find_service_dirs
+    from .service.servicedir import find_service_dirs
 
     dirs = [d for d in find_service_dirs(Path(opts.resume)) if journal.exists(d)]
     if not dirs:

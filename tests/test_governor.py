@@ -409,7 +409,8 @@ def test_a_busy_child_sends_its_ends_up_in_batches():
     from qcg_hier.governor.childlink import LinkSettings
 
     sent = []
-    sock = SimpleNamespace(send=lambda frame, flags=0: sent.append(protocol.decode(frame)))
+    # closed for reading: the link looks for input after every send, and there is none here
+    sock = SimpleNamespace(send=lambda frame, flags=0: sent.append(protocol.decode(frame)), closed=True)
     service = SimpleNamespace(pool=SimpleNamespace(used_cores=0))
     job = SimpleNamespace(name="w", iterative=True)
 
@@ -418,7 +419,7 @@ def test_a_busy_child_sends_its_ends_up_in_batches():
 
     async def scenario():
         link = parentlink.ParentLink(service, "tcp://x", LinkSettings(), [])
-        link.sock, link._loop, link._check_pending = sock, asyncio.get_running_loop(), True
+        link.sock, link._loop = sock, asyncio.get_running_loop()
         link.forward(end(0))
         assert len(sent) == 1  # at once
         for it in range(1, 4):

@@ -28,6 +28,7 @@ from qcg_hier.core.errors import ResourceSpecError
 from qcg_hier.core.nodespec import NodeSpec
 from qcg_hier.launch import models, slurm
 from qcg_hier.launch.slurm import SrunAgents, SrunFlags
+from qcg_hier.launch.slurmenv import in_allocation
 
 REPO = Path(__file__).resolve().parent.parent
 MPI_SOURCE = REPO / "tests" / "data" / "mpi_hello.c"
@@ -57,9 +58,9 @@ def test_allocation_nodes_prefers_cpus_and_falls_back_to_tasks_per_node():
     assert [n.cores for n in slurm.allocation_nodes(env)] == [8, 8]  # CPUs, not task slots (upstream)
     env = {"SLURM_NODELIST": "n[1-2]", "SLURM_TASKS_PER_NODE": "3,1"}
     assert [(n.name, n.cores) for n in slurm.allocation_nodes(env)] == [("n1", 3), ("n2", 1)]
-    assert slurm.in_allocation(env)
-    assert not slurm.in_allocation({"SLURM_JOB_NODELIST": "n1"})  # no counts: not usable
-    assert not slurm.in_allocation({})
+    assert in_allocation(env)
+    assert not in_allocation({"SLURM_JOB_NODELIST": "n1"})  # no counts: not usable
+    assert not in_allocation({})
     with pytest.raises(ResourceSpecError):
         slurm.allocation_nodes({"SLURM_JOB_NODELIST": "n[1-3]", "SLURM_JOB_CPUS_PER_NODE": "4(x2)"})
 

@@ -233,8 +233,7 @@ class ChildPool:
         mean = child.mean_runtime
         mean = child.mean_runtime = seconds if mean is None else mean + (seconds - mean) / 16
         prefetch = 1 + QUEUE_SECONDS / mean if mean > 0 else MAX_PREFETCH
-        prefetch = self.prefetch if prefetch < self.prefetch else MAX_PREFETCH if prefetch > MAX_PREFETCH else prefetch
-        limit = math.ceil(child.total * prefetch)
+        limit = math.ceil(child.total * min(max(prefetch, self.prefetch), MAX_PREFETCH))
         if limit != child.limit:
             room = child.room
             child.limit = limit

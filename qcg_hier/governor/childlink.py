@@ -23,6 +23,7 @@ from ..core.job import Outcome
 from ..core.nodespec import NodeSpec
 from ..core.states import JobState
 from ..launch.launcher import FRAMES_PER_TURN, open_link, stalled
+from ..readagain import ReadAgain
 from ..service.journal import to_ranges
 
 log = logging.getLogger("qcg_hier")
@@ -89,7 +90,7 @@ class ChildLauncher:
         self.ready = starter is None  # with children of its own: once they all are connected
         self._sock = None
         self._loop = None
-        self._check_pending = False
+        self._read_again = ReadAgain(self._on_readable)
         self._tasks = []
         self._started_at = time.monotonic()
         self._descriptions: dict = {}  # job name -> description sent to children
@@ -200,9 +201,8 @@ class ChildLauncher:
                 entry.last_sent = now
                 self._send(entry.identity, frame)
                 sent = True
-        if sent and not self._check_pending and self._loop is not None:
-            self._check_pending = True  # edge-triggered descriptor: look for input after a send
-            self._loop.call_soon(self._on_readable)
+        if sent and self._loop is not None:
+            self._read_again()
 
     def _send(self, identity: bytes, frame: bytes) -> None:
         try:
@@ -212,7 +212,6 @@ class ChildLauncher:
 
     # ----- incoming -----
     def _on_readable(self) -> None:
-        self._check_pending = False
         sock = self._sock
         if sock is None or sock.closed:
             return
@@ -222,8 +221,7 @@ class ChildLauncher:
             if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 break
             if len(self._ended) >= ENDS_PER_TURN:
-                self._check_pending = True  # a big child's frames hold thousands of ends each
-                self._loop.call_soon(self._on_readable)
+                self._read_again()  # a big child's frames hold thousands of ends each
                 break
             try:
                 ident, frame = sock.recv_multipart(zmq.NOBLOCK)
@@ -243,8 +241,7 @@ class ChildLauncher:
             for msg in messages:
                 self._dispatch(entry, msg)
         else:
-            self._check_pending = True  # more may wait: the next turn goes on
-            self._loop.call_soon(self._on_readable)
+            self._read_again()  # more may wait
         if self._ended:  # one scheduling pass for everything that ended in this turn
             ended, self._ended = self._ended, []
             self.cb.on_finished(ended)

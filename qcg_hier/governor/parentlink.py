@@ -28,6 +28,7 @@ from ..core.states import JobState
 from ..auth import Credentials, client_env
 from ..service.servicedir import PARENT_FILE, find_service_dirs
 from ..launch.launcher import FRAMES_PER_TURN, stalled
+from ..readagain import ReadAgain
 from .childlink import LinkSettings
 
 log = logging.getLogger("qcg_hier")
@@ -72,7 +73,7 @@ class ParentLink:
         self.last_sent = 0.0
         self.last_used = -1  # cores in use as last reported
         self._loop = None
-        self._check_pending = False
+        self._read_again = ReadAgain(self._on_readable)
         self._forward_timer = None
         self._tasks = []
 
@@ -198,9 +199,8 @@ class ParentLink:
                 self.sock.send(frame, flags=zmq.NOBLOCK)
             except zmq.ZMQError as exc:
                 log.warning("cannot send to the governor: %s", exc)
-        if not self._check_pending and self._loop is not None:
-            self._check_pending = True
-            self._loop.call_soon(self._on_readable)
+        if self._loop is not None:
+            self._read_again()
 
     def _send_heartbeat(self) -> None:
         self.last_used = self.service.pool.used_cores
@@ -208,7 +208,6 @@ class ParentLink:
 
     # ----- coming down -----
     def _on_readable(self) -> None:
-        self._check_pending = False
         sock = self.sock
         if sock is None or sock.closed:
             return
@@ -230,8 +229,7 @@ class ParentLink:
                 self._dispatch(msg)
             got = True
         else:
-            self._check_pending = True  # more may wait: the next turn goes on
-            self._loop.call_soon(self._on_readable)
+            self._read_again()  # more may wait
         if got:
             self.service.kick()
 

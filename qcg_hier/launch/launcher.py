@@ -17,6 +17,7 @@ import zmq
 import zmq.asyncio
 
 from .. import protocol
+from ..readagain import ReadAgain
 from ..auth import Credentials
 from ..core.job import Outcome
 from ..service.naming import AGENT_LOG
@@ -149,7 +150,7 @@ class AgentLauncher:
         self._launched: dict[int, tuple] = {}  # tid -> (program name, wd)
         self._sock = None
         self._loop = None
-        self._check_pending = False
+        self._read_again = ReadAgain(self._on_readable)
         self._restarts: list[float] = []
         self.pipes = getattr(starter, "pipes", False)  # a local agent: its stdin/stdout, not a socket
         self._channels: dict[str, PipeChannel] = {}  # local agents: agent name -> its pipes
@@ -259,14 +260,11 @@ class AgentLauncher:
                     self._sock.send_multipart([agent.name.encode(), frame], flags=zmq.NOBLOCK)
                 except zmq.ZMQError as exc:
                     log.warning("cannot send to agent %s: %s", agent.name, exc)
-        if not self._check_pending and self._sock is not None:
-            # the socket's descriptor is edge-triggered: after a send, look for input ourselves
-            self._check_pending = True
-            self._loop.call_soon(self._on_readable)
+        if self._sock is not None:
+            self._read_again()  # after a send
 
     # ----- incoming -----
     def _on_readable(self) -> None:
-        self._check_pending = False
         sock = self._sock
         if sock is None or sock.closed:
             return
@@ -286,8 +284,7 @@ class AgentLauncher:
             agent.last_seen = now
             self._on_frame(agent, frame, finished)
         else:
-            self._check_pending = True  # busy agents keep the socket full: go on in the next turn,
-            self._loop.call_soon(self._on_readable)  # after timers and requests
+            self._read_again()  # busy agents keep the socket full: on in the next turn, after timers
         if finished:
             self.cb.on_finished(finished)
 

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 
 from ..core.nodespec import NodeSpec, compress_counts, slurm_nodes
-from .slurmenv import in_allocation  # noqa: F401 (the service asks here)
 
 
 def allocation_nodes(env=None, begin: int | None = None, end: int | None = None) -> list[NodeSpec]:

@@ -81,14 +81,15 @@ def build(task, ctx: TaskContext) -> dict:
     ex = job.spec.execution
     shares = task.alloc.shares
     if ex.templated or len(shares) > 1 or shares[0][2] or ex.model in ("openmpi", "srunmpi"):
-        return _build(task, ctx)
-    key = (job.seq, shares[0][0].name, tuple(shares[0][1]))
-    template = ctx.spec_cache.get(key)
-    if template is None:
-        if len(ctx.spec_cache) >= 50_000:
-            ctx.spec_cache.clear()
-        template = ctx.spec_cache[key] = _build(task, ctx)
-    spec = dict(template)
+        spec = _build(task, ctx)
+    else:
+        key = (job.seq, shares[0][0].name, tuple(shares[0][1]))
+        template = ctx.spec_cache.get(key)
+        if template is None:
+            if len(ctx.spec_cache) >= 50_000:
+                ctx.spec_cache.clear()
+            template = ctx.spec_cache[key] = _build(task, ctx)
+        spec = dict(template)
     # the agent caches its merge of the shared "env"; only "tenv" is new for every task
     spec["tenv"] = _own_env(task, ctx)
     return spec
@@ -140,7 +141,7 @@ def _build(task, ctx: TaskContext) -> dict:
         argv = models.srun_step(argv, shares, job.spec.resources.wt)
     for name, value in ex.env:
         env[name] = subst(value)
-    spec = {"argv": argv, "env": env, "tenv": _own_env(task, ctx), "wd": wd}
+    spec = {"argv": argv, "env": env, "wd": wd}
     for stream in ("stdin", "stdout", "stderr"):
         path = getattr(ex, stream)
         if path:

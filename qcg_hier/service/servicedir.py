@@ -5,13 +5,13 @@ from pathlib import Path
 
 import orjson
 
-from .naming import SERVICE_DIR_PREFIX, default_instance_id  # noqa: F401 (the names are used from here)
+from .naming import SERVICE_DIR_PREFIX, service_dir_path
 
 LOG_FORMAT = "%(asctime)-15s: %(message)s"
 
 
 def make_service_dir(wd: Path, instance_id: str) -> Path:
-    path = wd / f"{SERVICE_DIR_PREFIX}{instance_id}"
+    path = Path(service_dir_path(wd, instance_id))
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)  # holds the instance's credentials
     return path

@@ -15,6 +15,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from .. import protocol
+from ..readagain import ReadAgain
 from ..auth import Credentials
 from .zap import ZapHandler
 
@@ -90,8 +91,7 @@ class ZmqInterface:
         self.address = None
         self.pub_address = None
         self._tasks = []
-        self._reader = None
-        self._read_pending = False
+        self._read_again = None
 
     def open(self, manager_id: str, zap: ZapHandler | None = None) -> None:
         """Bind the sockets (before the service advertises its address)."""
@@ -126,21 +126,16 @@ class ZmqInterface:
         # per message: a request costs no extra turns of the loop.
         loop = asyncio.get_running_loop()
         fd = self.sock.getsockopt(zmq.FD)
-        self._reader = lambda: self._on_readable(service)
-        loop.add_reader(fd, self._reader)
-        self._read_soon()  # a request may have come before the reader was added
+        reader = lambda: self._on_readable(service)  # noqa: E731
+        self._read_again = ReadAgain(reader)
+        loop.add_reader(fd, reader)
+        self._read_again()  # a request may have come before the reader was added
         try:
             await asyncio.Future()  # until cancelled
         finally:
             loop.remove_reader(fd)
 
-    def _read_soon(self) -> None:
-        if not self._read_pending:
-            self._read_pending = True
-            asyncio.get_running_loop().call_soon(self._reader)
-
     def _on_readable(self, service) -> None:
-        self._read_pending = False
         sock = self.sock
         if sock is None or sock.closed:
             return
@@ -150,7 +145,7 @@ class ZmqInterface:
             except zmq.Again:
                 return
             self._serve(service, frames)
-        self._read_soon()  # more waiting: go on in the next turn, after timers and task ends
+        self._read_again()  # more waiting: on in the next turn, after timers and task ends
 
     def _serve(self, service, frames) -> None:
         identity, body = frames[0].bytes, frames[-1]
@@ -175,8 +170,7 @@ class ZmqInterface:
         except zmq.ZMQError as exc:
             log.warning("reply dropped: %s", exc)
             return
-        # the descriptor is edge-triggered: a request that came while we were busy raised no new edge
-        self._read_soon()
+        self._read_again()  # a request that came while we were busy raised no new edge
 
     def _answer(self, service, body) -> dict:
         if len(body) > MAX_REQUEST_BYTES:
