@@ -484,12 +484,13 @@ class Scheduler:
 
     def _job_final(self, job: Job, now: float, state: JobState | None = None) -> None:
         if state is None:
+            # upstream's rule: a job whose iterations ended is SUCCEED only if all succeeded, CANCELED
+            # if cancelled, else FAILED (also when every iteration was OMITTED one by one); OMITTED is
+            # for a job left out as a whole, which comes here with its state given
             if job.counts[CODE_OF[OK]] == job.total:
                 state = OK
             elif job.cancel_requested:
                 state = CANC
-            elif job.counts[CODE_OF[OMIT]] == job.total:
-                state = OMIT
             else:
                 state = FAIL
         self._job_state(job, state, now)
