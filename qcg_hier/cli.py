@@ -184,6 +184,8 @@ def _exit_now(code: int) -> None:
     """Everything is written and closed: skip tearing down the heap (a million task records take
     seconds to free, for nothing)."""
     import logging
+    from .socket_exit import deliver_pending
+    deliver_pending()  # what sockets closed last still hold (a reply to finish, exit to children)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -244,7 +246,9 @@ def _restore_options(opts, given: dict) -> None:
 
     dirs = [d for d in find_service_dirs(Path(opts.resume)) if journal.exists(d)]
     if not dirs:
-        raise click.UsageError(f"--resume {opts.resume}: no service directory with a journal there")
+        # upstream's text first (scripts match it), then what we looked for
+        raise click.UsageError(f"Resume directory {opts.resume} not exists or is not valid QCG-PilotJob auxiliary "
+                               f"directory (no service directory with a journal there)")
     records = journal.read(dirs[0])
     saved = records[0].get("opts") if records else None
     if not isinstance(saved, dict):

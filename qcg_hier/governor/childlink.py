@@ -24,6 +24,7 @@ from ..core.nodespec import NodeSpec
 from ..core.states import JobState
 from ..launch.launcher import FRAMES_PER_TURN, open_link, stalled
 from ..readagain import ReadAgain
+from ..socket_exit import close_delivering
 from ..service.journal import to_ranges
 
 log = logging.getLogger("qcg_hier")
@@ -122,7 +123,7 @@ class ChildLauncher:
         for task in self._tasks:
             task.cancel()
         self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
-        self._sock.close(0)
+        close_delivering(self._sock)  # the children's "exit" still goes out
 
     # ----- registration -----
     def register(self, params: dict) -> dict:

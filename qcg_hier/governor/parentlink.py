@@ -29,6 +29,7 @@ from ..auth import Credentials, client_env
 from ..service.servicedir import PARENT_FILE, find_service_dirs
 from ..launch.launcher import FRAMES_PER_TURN, stalled
 from ..readagain import ReadAgain
+from ..socket_exit import close_delivering
 from .childlink import LinkSettings
 
 log = logging.getLogger("qcg_hier")
@@ -325,6 +326,4 @@ class ParentLink:
             self._forward_timer.cancel()
         if self.sock is not None:
             self._loop.remove_reader(self.sock.getsockopt(zmq.FD))
-            # give the last frames (bye) a moment to leave before the socket goes
-            await asyncio.sleep(0.05)
-            self.sock.close(0)
+            close_delivering(self.sock)  # the last frames (bye) still go out

@@ -21,6 +21,7 @@ from ..readagain import ReadAgain
 from ..auth import Credentials
 from ..core.job import Outcome
 from ..service.naming import AGENT_LOG
+from ..socket_exit import close_delivering
 from . import early_agent
 from .pipelink import PipeChannel
 from .taskspec import TaskContext, build, program_name
@@ -226,7 +227,7 @@ class AgentLauncher:
             channel.close()
         if self._sock is not None:
             self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
-            self._sock.close(0)
+            close_delivering(self._sock)  # the agents' "exit" still goes out
 
     # ----- outgoing -----
     def launch(self, tasks, now: float) -> None:

@@ -16,6 +16,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from .. import protocol
 from ..readagain import ReadAgain
+from ..socket_exit import close_delivering
 from ..auth import Credentials
 from .zap import ZapHandler
 
@@ -228,6 +229,7 @@ class ZmqInterface:
             task.cancel()
         # let the cancelled tasks unwind (the monitor's cleanup needs the socket still open)
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sock in (self.sock, self.pub_sock):
-            if sock is not None:
-                sock.close(0)
+        if self.sock is not None:
+            close_delivering(self.sock)  # the last replies (to finish, say) still go out
+        if self.pub_sock is not None:
+            self.pub_sock.close(0)
