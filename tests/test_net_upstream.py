@@ -163,11 +163,8 @@ def test_resources_submit_status_info_list(upstream_python, svc, tmp_path):
     assert Path(two["wdir"]) == wd and two["time"].startswith("0:00:")
     assert {n: e["status"] for n, e in out["list"].items() if n.startswith("up_")} == out["wait4"]
     assert out["system"]["System"]["StatusPublisher"]
-    # upstream's service fails the whole request, ours answers per name: either names the job
-    unknown = out["unknown"]
-    if isinstance(unknown, dict):
-        assert unknown["jobs"]["no_such_job"]["status"] == 1, unknown
-    assert "no_such_job" in json.dumps(unknown), unknown
+    # no name known: the request fails as upstream's does, and upstream's client raises on it
+    assert out["unknown"] == "ConnectionError: Request failed - Job 'no_such_job' doesn't exist"
 
 
 def test_cancel_and_remove(upstream_python, svc, tmp_path):
@@ -277,6 +274,33 @@ def test_finish(upstream_python, tmp_path, tmp_path_factory):
         assert time.monotonic() - t0 < 8
         assert (service.wd / "up_last.out").read_text() == "fin\n"
         assert (service.sdir / "final_status.json").exists()
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "after-jobs"])
+def test_finish_after_the_finish_control_is_answered_as_upstream(upstream_python, tmp_path, tmp_path_factory, busy):
+    """`finishAfterAllTasksDone`, then at once the client's finish(): upstream's service is still there
+    and answers "Finish request already requested" (its client raises on it); ours must not have
+    gone, or the client waits for ever."""
+    service = start_net_service(tmp_path_factory.mktemp("upctl"), auth="none", nodes="2", instance_id="upctl")
+    try:
+        out = run_upstream(upstream_python, service, f"""
+            m = Manager(sys.argv[1], {{'wdir': '.', 'poll_delay': 1}})
+            if {busy}:
+                m.submit(Jobs().add(name='ctl_job', script='sleep 0.5'))
+            out['control'] = m.send_request({{'request': 'control', 'command': 'finishAfterAllTasksDone'}})
+            if {busy}:
+                m.wait4all()
+            try:
+                m.finish()
+                out['finish'] = 'returned'
+            except errors.QCGPJMAError as exc:
+                out['finish'] = type(exc).__name__ + ': ' + str(exc)
+        """, tmp_path, timeout=30)
+        assert out["control"] == {"code": 0, "message": "finishAfterAllTasksDone command accepted"}
+        assert out["finish"] == "ConnectionError: Request failed - Finish request already requested"
+        assert service.proc.wait(10) == 0  # and then it goes
     finally:
         service.stop()
 

@@ -104,17 +104,17 @@ def test_malformed_requests_get_an_error_and_the_service_goes_on(svc, payload, f
 
 
 @pytest.mark.parametrize("req, fragments", [
-    ({"request": "jobStatus", "jobNames": KEEP}, ("jobNames",)),
-    ({"request": "jobStatus", "jobNames": []}, ("jobNames",)),
-    ({"request": "jobStatus", "jobNames": [1, 2]}, ("jobNames",)),
-    ({"request": "jobStatus"}, ("jobNames",)),
-    ({"request": "jobInfo", "jobNames": {"a": 1}}, ("jobNames",)),
-    ({"request": "cancelJob", "jobNames": 7}, ("jobNames",)),
-    ({"request": "removeJob", "jobNames": None}, ("jobNames",)),
+    ({"request": "jobStatus", "jobNames": KEEP}, ("Wrong job status request - missing job names",)),
+    ({"request": "jobStatus", "jobNames": []}, ("Wrong job status request - missing job names",)),
+    ({"request": "jobStatus", "jobNames": [1, 2]}, ("Wrong job status request - missing job names",)),
+    ({"request": "jobStatus"}, ("Wrong job status request - missing job names",)),
+    ({"request": "jobInfo", "jobNames": {"a": 1}}, ("Wrong job info request - missing job names",)),
+    ({"request": "cancelJob", "jobNames": 7}, ("Wrong cancel job request - missing job names",)),
+    ({"request": "removeJob", "jobNames": None}, ("Wrong remove job request - missing job names",)),
     ({"request": "submit", "jobs": {"name": "x", "execution": {"exec": "/bin/true"}}}, ("jobs",)),
-    ({"request": "submit", "jobs": "x"}, ("jobs",)),
-    ({"request": "submit", "jobs": []}, ("jobs",)),
-    ({"request": "submit"}, ("jobs",)),
+    ({"request": "submit", "jobs": "x"}, ("Wrong submit request - missing jobs data",)),
+    ({"request": "submit", "jobs": []}, ("Wrong submit request - missing jobs data",)),
+    ({"request": "submit"}, ("Wrong submit request - missing jobs data",)),
     ({"request": "submit", "jobs": [1]}, ("object",)),
     ({"request": "submit", "jobs": [{"name": "x"}]}, ("execution",)),
     ({"request": "submit", "jobs": [{"name": "x", "execution": {"exec": 5}}]}, ("exec",)),
@@ -126,6 +126,51 @@ def test_malformed_requests_get_an_error_and_the_service_goes_on(svc, payload, f
 def test_wrong_field_types_get_a_clear_error(svc, req, fragments):
     assert_error(svc.request(req), *fragments)
     assert_still_serving(svc)
+
+
+# The replies of upstream 0.14.2's own service to the same requests (sent to it raw over ZeroMQ):
+# clients and scripts match these texts, so they must be the same to the letter.
+UPSTREAM_REPLIES = [
+    ({"request": "submit"}, "Invalid request: Wrong submit request - missing jobs data"),
+    ({"request": "submit", "jobs": []}, "Invalid request: Wrong submit request - missing jobs data"),
+    ({"request": "jobStatus"}, "Invalid request: Wrong job status request - missing job names"),
+    ({"request": "jobStatus", "jobNames": "abc"}, "Invalid request: Wrong job status request - missing job names"),
+    ({"request": "jobInfo"}, "Invalid request: Wrong job info request - missing job names"),
+    ({"request": "cancelJob"}, "Invalid request: Wrong cancel job request - missing job names"),
+    ({"request": "removeJob"}, "Invalid request: Wrong remove job request - missing job names"),
+    ({"request": "control"}, "Invalid request: Wrong control request - missing command"),
+    ({"request": "control", "command": "nope"}, 'Invalid request: Wrong control request - unknown command "nope"'),
+    ({"request": "register"}, "Invalid request: Wrong register request - missing/unknown entity"),
+    ({"request": "register", "entity": "x", "params": {}}, "Invalid request: Wrong register request - missing/unknown entity"),
+    ({"request": "register", "entity": "manager"}, "Invalid request: Wrong register request - missing register parameters"),
+    ({"request": "register", "entity": "manager", "params": {}},
+     "Invalid request: Wrong register request - missing key register parameters"),
+    ({"request": "register", "entity": "manager", "params": {"id": "a", "address": "b", "resources": {}}},
+     "Register manager request not supported in this kind of manager (direct)"),
+    ({"request": "notify"}, "Invalid request: Wrong notify request - missing/unknown entity"),
+    ({"request": "notify", "entity": "job"}, "Invalid request: Wrong notify request - missing register parameters"),
+    ({"request": "notify", "entity": "job", "params": {}},
+     "Invalid request: Wrong notify request - missing key notify parameters"),
+    ({"request": "notify", "entity": "job", "params": {"name": "a", "state": "SUCCEED", "attributes": {}}},
+     "Operation not supported"),
+    ({"request": "jobStatus", "jobNames": ["nosuch"]}, "Job 'nosuch' doesn't exist"),
+    ({"request": "jobInfo", "jobNames": ["nosuch"]}, "Job ['nosuch'] doesn't exist"),
+    ({"request": "jobInfo", "jobNames": ["nosuch", "other"]}, "Job ['nosuch', 'other'] doesn't exist"),
+]
+
+
+@pytest.mark.parametrize("req, message", UPSTREAM_REPLIES, ids=[f"upstream{i}" for i in range(len(UPSTREAM_REPLIES))])
+def test_error_replies_carry_upstreams_texts(open_svc, req, message):
+    assert open_svc.request(req) == {"code": 1, "message": message}
+    assert_still_serving(open_svc)
+
+
+def test_unknown_names_among_known_ones_get_their_own_entries(open_svc):
+    """Upstream failed the whole request on one unknown name; we answer the known ones."""
+    for request in ("jobStatus", "jobInfo"):
+        data = open_svc.data({"request": request, "jobNames": [KEEP, "nosuch"]})
+        assert data["jobs"][KEEP]["status"] == 0 and data["jobs"][KEEP]["data"]["status"] == "SUCCEED"
+        assert data["jobs"]["nosuch"] == {"status": 1, "message": "Job 'nosuch' doesn't exist"}
 
 
 def test_rejected_submit_accepts_nothing(open_svc):

@@ -281,8 +281,8 @@ def test_control_and_finish(requests_run):
     _error(requests_run.reply(R(18)), "nope")
     _error(requests_run.reply(R(19)), "already requested")
     _error(requests_run.reply(R(20)), "finishing")
-    _error(requests_run.reply(R(21)), "not supported")
-    _error(requests_run.reply(R(22)), "not supported")
+    _error(requests_run.reply(R(21)), "Wrong register request - missing key register parameters")
+    _error(requests_run.reply(R(22)), "Wrong notify request - missing key notify parameters")
     assert "late" not in requests_run.report(unique=False)
     assert requests_run.report(unique=False)["quick"]["state"] == "SUCCEED"  # accepted before the finish: still run
 
@@ -347,8 +347,8 @@ BAD = [  # (request, words the error message must contain)
      ["wtbad", "wt"]),
     ({"request": "submit", "jobs": [{"name": "wtbad2", "execution": TRUE, "resources": {"wt": "10 minutes"}}]},
      ["wtbad2", "wt"]),
-    ({"request": "jobStatus"}, ["jobNames"]),
-    ({"request": "cancelJob", "jobNames": "good"}, ["jobNames"]),
+    ({"request": "jobStatus"}, ["Wrong job status request - missing job names"]),
+    ({"request": "cancelJob", "jobNames": "good"}, ["Wrong cancel job request - missing job names"]),
 ]
 BAD_FIRST = 2  # request number of BAD[0]
 REJECTED_NAMES = {"x", "noexec", "d1", "both", "uk_top", "uk_exec", "uk_res", "c1", "c2", "selfdep", "big", "zero",

@@ -15,7 +15,7 @@ import time
 from .. import protocol
 from ..core.childpool import ChildPool
 from ..launch.launcher import Callbacks
-from ..service.handlers import Handlers, RequestError
+from ..service.handlers import Handlers, check_entity_request
 from ..service.manager import ManagerService
 from ..service.zmqinterface import advertised_host
 from .childlink import ChildLauncher, LinkSettings
@@ -151,9 +151,7 @@ class GovernorHandlers(Handlers):
     own children have joined."""
 
     def r_register(self, req: dict) -> dict:
-        params = req.get("params")
-        if not isinstance(params, dict):
-            raise RequestError("'params' must be an object")
+        params = check_entity_request(req, "register", "manager", ("id", "address", "resources"))
         try:
             return protocol.ok(self.s.launcher.register(params))
         except ValueError as exc:

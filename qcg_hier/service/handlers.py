@@ -26,11 +26,31 @@ class RequestError(Exception):
     """A malformed request: answered with `Invalid request: ...`."""
 
 
+# upstream's texts for a request without its job names: clients and scripts match them
+MISSING_NAMES = {"jobStatus": "job status", "jobInfo": "job info", "cancelJob": "cancel job",
+                 "removeJob": "remove job"}
+MISSING_JOBS = "Wrong submit request - missing jobs data"
+MISSING_COMMAND = "Wrong control request - missing command"
+
+
 def _names(req: dict) -> list[str]:
     names = req.get("jobNames")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise RequestError("'jobNames' must be a non-empty list of job names")
+        raise RequestError(f"Wrong {MISSING_NAMES[req['request']]} request - missing job names")
     return names
+
+
+def check_entity_request(req: dict, kind: str, entity: str, keys: tuple) -> dict:
+    """`register` and `notify` as upstream checks them (its texts, its quirk included: a notify
+    without params is also "missing register parameters"); returns the params."""
+    if req.get("entity") != entity:
+        raise RequestError(f"Wrong {kind} request - missing/unknown entity")
+    params = req.get("params")
+    if params is None:
+        raise RequestError(f"Wrong {kind} request - missing register parameters")
+    if not isinstance(params, dict) or not all(key in params for key in keys):
+        raise RequestError(f"Wrong {kind} request - missing key {kind} parameters")
+    return params
 
 
 def _running_runtime(task) -> dict:
@@ -68,7 +88,7 @@ class Handlers:
     def r_submit(self, req: dict) -> dict:
         jobs = req.get("jobs")
         if not isinstance(jobs, list) or not jobs:
-            raise RequestError("'jobs' must be a non-empty list of job descriptions")
+            raise RequestError(MISSING_JOBS)
         if self.s.finishing:
             return protocol.error("Service is finishing: no more jobs accepted")
         self._rcnt += 1
@@ -109,31 +129,40 @@ class Handlers:
             jobs[name] = entry
         return protocol.ok({"length": len(jobs), "jobs": jobs})
 
-    def _each_job(self, req: dict, describe) -> dict:
+    def _each_job(self, req: dict, describe, none_known) -> dict:
         """`{"jobs": {name: {"status": 0, "data": ...} or {"status": 1, "message": ...}}}`: an unknown
-        name gets its own error entry (upstream failed the whole request)."""
+        name among known ones gets its own error entry (upstream failed the whole request); when no
+        name is known, the request fails as upstream's does (`none_known(names, first error)` says
+        how), and upstream's client raises on it."""
+        names = _names(req)
         out = {}
-        for name in _names(req):
+        first_error = None
+        for name in names:
             try:
                 job, it = self.s.core.find(name)
             except UnknownJobError as exc:
                 out[name] = {"status": 1, "message": str(exc)}
+                first_error = first_error or exc
                 continue
             out[name] = {"status": 0, "data": describe(name, job, it)}
+        if first_error is not None and len(out) == len(names) and all(e["status"] for e in out.values()):
+            return protocol.error(none_known(names, first_error))
         return protocol.ok({"jobs": out})
 
     def r_jobStatus(self, req: dict) -> dict:
         def status(name, job, it):
             state = job.state if it is None else job.iteration_state(it)
             return {"jobName": name, "status": state.value}
-        return self._each_job(req, status)
+        return self._each_job(req, status, lambda names, error: str(error))
 
     def r_jobInfo(self, req: dict) -> dict:
         params = req.get("params") or {}
         if not isinstance(params, dict):
             raise RequestError("'params' must be an object")
         with_childs = bool(params.get("withChilds"))
-        return self._each_job(req, lambda name, job, it: self._job_info(name, job, it, with_childs))
+        # upstream names the whole list here: "Job ['a', 'b'] doesn't exist"
+        return self._each_job(req, lambda name, job, it: self._job_info(name, job, it, with_childs),
+                              lambda names, error: f"Job {names!r} doesn't exist")
 
     def _job_info(self, name, job, it, with_childs) -> dict:
         if it is not None:
@@ -219,11 +248,13 @@ class Handlers:
 
     def r_control(self, req: dict) -> dict:
         command = req.get("command")
+        if command is None:
+            raise RequestError(MISSING_COMMAND)
         if command != FINISH_CONTROL:
             raise RequestError(f'Wrong control request - unknown command "{command}"')
         if self.s.finishing:
             return protocol.error("Finish request already requested")
-        self.s.finish_after_all()
+        self.s.finish_after_all(answer_after_done=True)
         return protocol.ok(message=f"{FINISH_CONTROL} command accepted")
 
     def r_finish(self, req: dict) -> dict:
@@ -233,9 +264,11 @@ class Handlers:
         return protocol.ok({"when": "0s"})
 
     def r_register(self, req: dict) -> dict:
+        check_entity_request(req, "register", "manager", ("id", "address", "resources"))
         return protocol.error("Register manager request not supported in this kind of manager (direct)")
 
     def r_notify(self, req: dict) -> dict:
+        check_entity_request(req, "notify", "job", ("name", "state", "attributes"))
         return protocol.error("Operation not supported")
 
 

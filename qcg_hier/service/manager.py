@@ -35,6 +35,11 @@ log = logging.getLogger("qcg_hier")
 CANCEL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled task, as upstream
 START_BEFORE_REPLY = 64  # jobs: a submit of at most this many starts its tasks before it is answered
 LOST_REPORT_MESSAGE = "reported at --resume: the service died before writing this entry"
+# After `finishAfterAllTasksDone` has ended the work, the network interface keeps answering until it
+# has been this long without a request (at most ANSWER_AFTER_DONE_MAX): upstream's service answers
+# the request a client sends right after (its LocalManager.finish(), which waits for ever), ours too.
+ANSWER_AFTER_DONE_QUIET = 1.0
+ANSWER_AFTER_DONE_MAX = 10.0
 
 
 def _small_submit(request) -> bool:
@@ -110,6 +115,8 @@ class ManagerService:
         self.zmq_address = None
         self.pub_address = None
         self.finishing = False
+        self.answer_after_done = False  # finishAfterAllTasksDone: see ANSWER_AFTER_DONE_QUIET
+        self.last_request = 0.0  # loop time of the last request served
         self.progress = None
         self.network = None  # the ZmqInterface, when --net
         self.publisher = None
@@ -179,6 +186,8 @@ class ManagerService:
         if self.progress:
             self.progress.start(self)
         await self._done.wait()
+        if self.answer_after_done and self.network is not None:
+            await self._answer_a_while()
         for runner in runners:
             runner.cancel()
         flusher.cancel()
@@ -186,6 +195,17 @@ class ManagerService:
         zap_task.cancel()
         self.zap.close()
         return self.exit_code
+
+    async def _answer_a_while(self) -> None:
+        loop = self._loop
+        done = loop.time()
+        until = done + ANSWER_AFTER_DONE_MAX
+        while True:
+            quiet_from = max(self.last_request, done)
+            wait = min(quiet_from + ANSWER_AFTER_DONE_QUIET, until) - loop.time()
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     async def _network_open(self) -> None:
         """A child registers with its governor once it answers requests itself."""
@@ -270,7 +290,8 @@ class ManagerService:
         """An interface has no more requests (e.g. the batch file was read to the end)."""
         self._check_done()
 
-    def finish_after_all(self) -> None:
+    def finish_after_all(self, answer_after_done: bool = False) -> None:
+        self.answer_after_done |= answer_after_done
         if self.parent_link is not None:
             self.parent_link.leave()
         if not self.finishing:
@@ -300,6 +321,8 @@ class ManagerService:
 
     # ------------------------------------------------------------ requests
     def handle(self, request) -> dict:
+        if self._loop is not None:
+            self.last_request = self._loop.time()
         self.after_reply()  # a request always sees every job accepted before it
         response = self.handlers.handle(request)
         if _small_submit(request):
