@@ -136,6 +136,9 @@ def resolve_nodes(opts) -> list[NodeSpec]:
 @click.option("--nl-start-method", type=click.Choice(["slurm", "ssh"]), default="slurm", show_default=True,
               help="How node agents start (ssh: not yet supported).")
 @click.option("--disable-pub", is_flag=True, help="Do not start the status publisher.")
+@click.option("--exit-on-stdin-close", is_flag=True,
+              help="Stop, killing every task, when standard input reaches its end: the process that started "
+                   "the service and holds the pipe's other end is gone (LocalManager uses it).")
 @click.option("--fake-launch", is_flag=True,
               help="BENCHMARK ONLY: every task finishes SUCCEED at once without starting a process.")
 @click.version_option(__version__, "--version")

@@ -472,3 +472,50 @@ def test_invalid_std_description_names_the_field(desc, field):
     with pytest.raises(InvalidJobDescriptionError) as exc:
         Jobs().add_std(desc)
     assert field in str(exc.value)
+
+
+# ---------------------------------------------------------------- a client that dies
+CLIENT_THAT_DIES = """
+import sys, time
+from qcg_hier.api import Jobs, LocalManager
+m = LocalManager(["--wd", sys.argv[1], "--nodes", "2"])
+m.submit(Jobs().add(name="long", exec="/bin/sleep", args=[sys.argv[2]]))
+while m.status("long")["jobs"]["long"]["data"]["status"] != "EXECUTING":
+    time.sleep(0.05)
+print(m.process.pid, flush=True)
+if sys.argv[3] == "hang":
+    time.sleep(600)  # killed here
+"""
+
+
+@pytest.mark.parametrize("how", ["kill-9", "return-without-finish"])
+def test_a_local_manager_service_ends_with_its_client(tmp_path, how):
+    """A script that dies (or just ends) before finish() leaves no service and no task behind."""
+    import psutil
+    import subprocess
+
+    marker = f"{os.getpid() % 1000}.{time.monotonic_ns() % 100000}"  # the task's argv: sleep <marker>
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT_THAT_DIES)
+    client = subprocess.Popen([sys.executable, str(script), str(tmp_path / "wd"), marker,
+                               "hang" if how == "kill-9" else "return"], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    service_pid = int(client.stdout.readline())
+    service = psutil.Process(service_pid)
+
+    def tasks():
+        return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["/bin/sleep", marker]]
+
+    assert tasks(), "the task is not running"
+    if how == "kill-9":
+        client.kill()
+    assert client.wait(30) in (0, -9)
+    t0 = time.monotonic()
+    try:
+        service.wait(10)
+    except psutil.TimeoutExpired:
+        kill_tree(service_pid)
+        pytest.fail(f"the service outlived its client ({how}) by 10 s")
+    assert wait_for(lambda: not tasks(), 10 - (time.monotonic() - t0)), "its task outlived it"
+    log = next((tmp_path / "wd").glob(".qcgpjm-service-*/service.log")).read_text()
+    assert "standard input closed" in log

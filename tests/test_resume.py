@@ -598,3 +598,13 @@ def test_killed_agent_takes_its_tasks_along_and_they_run_again(tmp_path, backgro
     assert sorted((wd / "done.txt").read_text().split()) == ["0", "1", "2", "3"]
     assert len((wd / "pids.txt").read_text().split()) == 8
     assert_no_survivors((wd / "pids.txt").read_text().split(), run)
+
+
+def test_a_resumed_run_does_not_inherit_the_stdin_watch():
+    """--exit-on-stdin-close belongs to the process that started the run (a LocalManager): restored
+    by --resume from a terminal or /dev/null, it would stop the resumed service at once."""
+    from types import SimpleNamespace
+    from qcg_hier.service.manager import journal_options
+
+    saved = journal_options(SimpleNamespace(exit_on_stdin_close=True, wd="/x", nodes="2", resume="/y"))
+    assert saved == {"wd": "/x", "nodes": "2"}

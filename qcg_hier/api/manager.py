@@ -281,8 +281,10 @@ class LocalManager(Manager):
             args += ["--wd", str(wd)]
         instance_id = args[args.index("--id") + 1]
         self._stderr = tempfile.TemporaryFile()
-        self.process = subprocess.Popen([sys.executable, "-m", "qcg_hier", *args], stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=self._stderr)
+        # the service's stdin is a pipe whose only writer is this process: when it ends, however it
+        # ends (kill -9 too), the service sees the pipe close and stops, killing its tasks
+        self.process = subprocess.Popen([sys.executable, "-m", "qcg_hier", "--exit-on-stdin-close", *args],
+                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._stderr)
         service_dir = wd / f".qcgpjm-service-{instance_id}"
         self._wait_for_address(service_dir / "address", float(cfg.get("init_timeout", 60)))
         try:

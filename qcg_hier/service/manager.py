@@ -7,6 +7,7 @@ the launcher in one batch per agent.
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import time
 import uuid
@@ -64,8 +65,9 @@ def _without_system_core(nodes: list) -> list:
 
 def journal_options(config) -> dict:
     """The options a resumed service starts with (those given again override them)."""
+    # the stdin watch belongs to the process that started this run, not to a resumed one
     return {k: v for k, v in vars(config).items()
-            if isinstance(v, (str, int, float, bool, type(None))) and k not in ("resume",)}
+            if isinstance(v, (str, int, float, bool, type(None))) and k not in ("resume", "exit_on_stdin_close")}
 
 
 def _consequences(events, fin: dict) -> list:
@@ -173,6 +175,8 @@ class ManagerService:
         self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._on_signal, sig)
+        if getattr(self.config, "exit_on_stdin_close", False):
+            self._loop.add_reader(0, self._on_stdin)
         self.zap = ZapHandler(zmq.asyncio.Context.instance())
         zap_task = asyncio.ensure_future(self.zap.run())
         self.launcher = self._make_launcher()
@@ -268,8 +272,24 @@ class ManagerService:
     def subscriptions_changed(self) -> None:
         self.core.emit_progress = self.publisher.wants("IST") or self.publisher.wants("JST")
 
+    def _on_stdin(self) -> None:
+        """--exit-on-stdin-close: only the end of the input counts; anything written is ignored."""
+        try:
+            if os.read(0, 65536):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass  # unreadable: as good as closed
+        self._loop.remove_reader(0)
+        log.warning("standard input closed: the process that started this service is gone")
+        self._stop_killing_tasks()
+
     def _on_signal(self, sig) -> None:
         log.warning("signal %s: stopping, killing every running task", signal.Signals(sig).name)
+        self._stop_killing_tasks()
+
+    def _stop_killing_tasks(self) -> None:
         if self.parent_link is not None:
             self.parent_link.say_bye("signal")  # first: the governor re-queues, the kills are not cancels
         self._cancel_all()
