@@ -610,7 +610,7 @@ def _sec(x: Optional[float]) -> str:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", choices=["scale", "real", "all"], default="all", help="which case (default all)")
-    ap.add_argument("--service", default=None, help="manager command (default: qcg-pm-service on PATH)")
+    ap.add_argument("--service", default=None, help="manager command (default: qcg-hier-service on PATH)")
     ap.add_argument("--governor-cmd", default=None,
                     help="governor command (default: the manager command with --governor)")
     g = ap.add_argument_group("scale")

@@ -54,7 +54,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--iterations", type=int, default=20000)
     p.add_argument("--nodes", default="8,8,8,8")
-    p.add_argument("--service", default=None, help="the service command (default: qcg-pm-service)")
+    p.add_argument("--service", default=None, help="the service command (default: qcg-hier-service)")
     args = p.parse_args()
     service = bl.resolve_service(args.service)
     n = args.iterations

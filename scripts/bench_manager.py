@@ -6,7 +6,7 @@ This is not a test: it prints figures and exits 0.
 
     python scripts/bench_manager.py [--service CMD] [--only NAME,...] [--quick]
 
---service   the service command (default: ``qcg-pm-service`` on PATH, i.e.
+--service   the service command (default: ``qcg-hier-service`` on PATH, i.e.
             ours); e.g. ``/opt/upstream-qcg/bin/qcg-pm-service`` for upstream.
 --only      a comma-separated subset of the cases below.
 --quick     smaller sizes (targets are scaled where they are absolute).
@@ -300,7 +300,7 @@ def _gate_note(run: bl.ServiceRun) -> str:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--service", default=None,
-                    help="service command (default: qcg-pm-service on PATH)")
+                    help="service command (default: qcg-hier-service on PATH)")
     ap.add_argument("--only", default=None, help="comma-separated cases: " + ",".join(CASES))
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
     ap.add_argument("--gate", type=float, default=None,

@@ -123,8 +123,7 @@ def scancel(name: str, conf: str) -> None:
 
 # ------------------------------------------------------------------ runs
 def our_service() -> list[str]:
-    sibling = os.path.join(os.path.dirname(sys.executable), "qcg-pm-service")
-    return [sibling] if os.path.exists(sibling) else bl.resolve_service(None)
+    return bl.our_service()
 
 
 def iter_requests(path: str, iters: int) -> None:

@@ -217,7 +217,18 @@ def raw_spawn_rate(
 # --------------------------------------------------------------------------
 
 
-def resolve_service(cmd: Optional[str], default: str = "qcg-pm-service") -> list[str]:
+# our service command under the name no other package owns (upstream's installs its own qcg-pm-service)
+OUR_COMMAND = "qcg-hier-service"
+
+
+def our_service() -> list[str]:
+    """Our service: the console script next to this interpreter, else the one on PATH, else -m."""
+    sibling = os.path.join(os.path.dirname(sys.executable), OUR_COMMAND)
+    found = sibling if os.path.exists(sibling) else shutil.which(OUR_COMMAND)
+    return [found] if found else [sys.executable, "-m", "qcg_hier"]
+
+
+def resolve_service(cmd: Optional[str], default: str = OUR_COMMAND) -> list[str]:
     """Return the argv prefix of the service command.
 
     ``cmd`` may hold several words (e.g. ``"python -m pkg.service"``).  When

@@ -50,6 +50,8 @@ from pathlib import Path
 
 import psutil
 
+import benchlib as bl
+
 SERVICE_ID = "fi"
 SDIR = f".qcgpjm-service-{SERVICE_ID}"
 KINDS = ["agent", "manager", "child", "governor"]
@@ -58,11 +60,7 @@ GOVERNOR_ARGS = ["--governor", "--partition-nodes", "1", "--child-heartbeat", "0
 
 
 def service_command() -> list[str]:
-    sibling = Path(sys.executable).parent / "qcg-pm-service"
-    if sibling.exists():
-        return [str(sibling)]
-    found = shutil.which("qcg-pm-service")
-    return [found] if found else [sys.executable, "-m", "qcg_hier"]
+    return bl.our_service()
 
 
 def local_env() -> dict:

@@ -40,11 +40,12 @@ def pytest_configure(config):
 
 # ---------------------------------------------------------------- the command
 def service_command() -> list[str]:
-    """The console script of the interpreter running the tests (not some other one on PATH)."""
-    sibling = Path(sys.executable).parent / "qcg-pm-service"
+    """Our console script of the interpreter running the tests (not some other one on PATH), under the
+    name no other package owns: upstream's package installs a `qcg-pm-service` of its own."""
+    sibling = Path(sys.executable).parent / "qcg-hier-service"
     if sibling.exists():
         return [str(sibling)]
-    found = shutil.which("qcg-pm-service")
+    found = shutil.which("qcg-hier-service")
     if found:
         return [found]
     return [sys.executable, "-m", "qcg_hier"]

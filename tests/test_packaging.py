@@ -20,3 +20,14 @@ def test_every_package_directory_is_installed():
     missing = found - listed_packages()
     assert not missing, f"packages a non-editable install would leave out: {sorted(missing)}"
     assert "qcg_hier_agent" in listed_packages()  # agents/, installed under that name
+
+
+def test_our_service_command_has_a_name_no_other_package_owns():
+    """Upstream's package (which EasyVVUQ pulls in) installs its own `qcg-pm-service` over ours or
+    under it; `qcg-hier-service` is the same command of ours under a name it does not use, and the
+    one our tools call."""
+    text = (ROOT / "pyproject.toml").read_text()  # (tomllib needs Python 3.11; we support 3.10)
+    scripts = dict(re.findall(r'^([\w-]+) = "([\w.:]+)"$', text.split("[project.scripts]")[1].split("\n[")[0], re.M))
+    assert scripts["qcg-hier-service"] == scripts["qcg-pm-service"] == "qcg_hier.entry:service_main"
+    conftest = (ROOT / "tests" / "conftest.py").read_text()
+    assert '"qcg-hier-service"' in conftest and '"qcg-pm-service"' not in conftest
