@@ -296,9 +296,11 @@ def test_finish_is_always_answered_and_the_parent_children_are_told_to_stop(tmp_
 def test_a_bad_registration_gets_a_clear_error_and_the_governor_keeps_running(tmp_path, services):
     gov = start_governor(tmp_path)
     services.append(gov)
-    for params, words in (({"id": ""}, "'id' must be a non-empty string"),
-                          ({"id": "x", "resources": {"nodes": []}}, "'resources.nodes' must be a non-empty list"),
-                          ({"id": "x", "resources": {"nodes": [{"name": "n", "total_cores": 0}]}},
+    for params, words in (({"id": "x"}, "Wrong register request - missing key register parameters"),  # upstream's
+                          ({"id": "", "address": "a", "resources": {}}, "'id' must be a non-empty string"),
+                          ({"id": "x", "address": "a", "resources": {"nodes": []}},
+                           "'resources.nodes' must be a non-empty list"),
+                          ({"id": "x", "address": "a", "resources": {"nodes": [{"name": "n", "total_cores": 0}]}},
                            "'total_cores' must be a positive integer")):
         reply = gov.request({"request": "register", "entity": "manager", "params": params})
         assert reply["code"] == 1 and words in reply["message"], reply

@@ -213,7 +213,8 @@ def test_remove(lm):
     lm.wait4("gone", timeout=20)
     lm.remove("gone")
     assert "gone" not in lm.list()
-    assert lm.status(["gone"])["jobs"]["gone"]["status"] == 1
+    with pytest.raises(ConnectionError, match="Job 'gone' doesn't exist"):  # as upstream's service and client
+        lm.status(["gone"])
     # the name is free again
     lm.submit(Jobs().add(name="gone", exec="/bin/true"))
     assert lm.wait4("gone", timeout=20) == {"gone": "SUCCEED"}
@@ -477,12 +478,17 @@ def test_invalid_std_description_names_the_field(desc, field):
 # ---------------------------------------------------------------- a client that dies
 CLIENT_THAT_DIES = """
 import sys, time
+import psutil
 from qcg_hier.api import Jobs, LocalManager
 m = LocalManager(["--wd", sys.argv[1], "--nodes", "2"])
 m.submit(Jobs().add(name="long", exec="/bin/sleep", args=[sys.argv[2]]))
-while m.status("long")["jobs"]["long"]["data"]["status"] != "EXECUTING":
-    time.sleep(0.05)
-print(m.process.pid, flush=True)
+deadline = time.monotonic() + 20
+task = None
+while task is None and time.monotonic() < deadline:
+    task = next((p.pid for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["/bin/sleep", sys.argv[2]]),
+                None)
+    time.sleep(0.02)
+print(m.process.pid, task, flush=True)
 if sys.argv[3] == "hang":
     time.sleep(600)  # killed here
 """
@@ -500,13 +506,9 @@ def test_a_local_manager_service_ends_with_its_client(tmp_path, how):
     client = subprocess.Popen([sys.executable, str(script), str(tmp_path / "wd"), marker,
                                "hang" if how == "kill-9" else "return"], stdout=subprocess.PIPE, text=True,
                               start_new_session=True)
-    service_pid = int(client.stdout.readline())
-    service = psutil.Process(service_pid)
-
-    def tasks():
-        return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["/bin/sleep", marker]]
-
-    assert tasks(), "the task is not running"
+    service_pid, task_pid = client.stdout.readline().split()
+    assert task_pid != "None", "the task never ran"
+    service, task = psutil.Process(int(service_pid)), int(task_pid)
     if how == "kill-9":
         client.kill()
     assert client.wait(30) in (0, -9)
@@ -514,8 +516,14 @@ def test_a_local_manager_service_ends_with_its_client(tmp_path, how):
     try:
         service.wait(10)
     except psutil.TimeoutExpired:
-        kill_tree(service_pid)
+        kill_tree(service.pid)
         pytest.fail(f"the service outlived its client ({how}) by 10 s")
-    assert wait_for(lambda: not tasks(), 10 - (time.monotonic() - t0)), "its task outlived it"
+    def task_gone() -> bool:
+        try:
+            return psutil.Process(task).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert wait_for(task_gone, 10 - (time.monotonic() - t0)), "its task outlived it"
     log = next((tmp_path / "wd").glob(".qcgpjm-service-*/service.log")).read_text()
     assert "standard input closed" in log

@@ -274,6 +274,49 @@ def test_kill_during_campaign_then_resume_runs_exactly_the_rest(tmp_path, backgr
     assert_no_survivors(first_run_groups, res)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_interrupts_and_resume_runs_exactly_the_interrupted_and_the_rest(tmp_path, background, sig):
+    """Slurm's SIGTERM (time limit, scancel) and ^C stop the run; what was running is interrupted,
+    not cancelled: the journal records no end for it, and --resume runs exactly it and the work
+    never started, nothing that succeeded."""
+    wd = tmp_path / "wd"
+    jobs = [{"name": "A", "iteration": {"stop": 24},
+             "execution": {"script": "echo ${it} $$ >> starts.txt; sleep 0.4; echo ${it} >> done.txt"}},
+            {"name": "B", "dependencies": {"after": ["A"]}, "execution": {"script": "echo $$ >> b.txt"}}]
+    run = start_service(wd, [{"request": "submit", "jobs": jobs}, FINISH], nodes="4")
+    background.append(run)
+    wait_journal(run, lambda r: len(its_in(r, "fin", "SUCCEED")["A"]) >= 8, quiet=0.1)
+    os.kill(run.proc.pid, sig)
+    try:
+        run.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        fail(run, f"the service did not stop within 15 s of {sig.name}")
+    records = journal_records(wd)
+    assert not its_in(records, "fin", "CANCELED"), "interrupted work was journaled as cancelled"
+    done_before = its_in(records, "fin")["A"]
+    interrupted = its_in(records, "run")["A"] - done_before
+    assert 8 <= len(done_before) < 24 and interrupted, (sorted(done_before), sorted(interrupted))
+    assert {i for r in records if "interrupted" in r for a, b in r["interrupted"].get("A", []) for i in range(a, b)} \
+        >= interrupted
+    first_run_groups = {line.split()[1] for line in (wd / "starts.txt").read_text().splitlines()}
+
+    res = resume(wd)
+    check_ok(res)
+    log = resumed_log(res)
+    n = len(interrupted)
+    assert f"{n} running at the crash run again ({n} of them interrupted by a signal)" in log, log[:600]
+    report = last_states(res)
+    its = iterations_of(report, "A")
+    assert sorted(its) == list(range(24)) and all(e["state"] == "SUCCEED" for e in its.values())
+    assert report["A"]["state"] == report["B"]["state"] == "SUCCEED"
+    starts = collections.Counter(int(line.split()[0]) for line in (wd / "starts.txt").read_text().splitlines())
+    assert all(starts[i] == 1 for i in done_before), {i: starts[i] for i in done_before if starts[i] != 1}
+    assert all(starts[i] == 2 for i in interrupted), {i: starts[i] for i in interrupted}
+    done = collections.Counter(int(x) for x in (wd / "done.txt").read_text().split())
+    assert sorted(done) == list(range(24)) and set(done.values()) == {1}
+    assert_no_survivors(first_run_groups, res)
+
+
 def test_resume_keeps_failures_and_omitted_dependants(tmp_path, background):
     wd = tmp_path / "wd"
     jobs = [{"name": "F", "execution": {"script": "exit 1"}},

@@ -36,11 +36,11 @@ log = logging.getLogger("qcg_hier")
 CANCEL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled task, as upstream
 START_BEFORE_REPLY = 64  # jobs: a submit of at most this many starts its tasks before it is answered
 LOST_REPORT_MESSAGE = "reported at --resume: the service died before writing this entry"
-# After `finishAfterAllTasksDone` has ended the work, the network interface keeps answering until it
-# has been this long without a request (at most ANSWER_AFTER_DONE_MAX): upstream's service answers
-# the request a client sends right after (its LocalManager.finish(), which waits for ever), ours too.
-ANSWER_AFTER_DONE_QUIET = 1.0
-ANSWER_AFTER_DONE_MAX = 10.0
+# After `finishAfterAllTasksDone` has ended the work, the network interface keeps answering this
+# many seconds: upstream's service answers the request a client sends right after (its
+# LocalManager.finish(), which waits for ever), ours too. Fixed: a client polling the status must
+# not keep the service up.
+ANSWER_AFTER_DONE = 1.0
 
 
 def _small_submit(request) -> bool:
@@ -117,8 +117,8 @@ class ManagerService:
         self.zmq_address = None
         self.pub_address = None
         self.finishing = False
-        self.answer_after_done = False  # finishAfterAllTasksDone: see ANSWER_AFTER_DONE_QUIET
-        self.last_request = 0.0  # loop time of the last request served
+        self.interrupted = False  # by a signal or the end of stdin: see _interrupt
+        self.answer_after_done = False  # finishAfterAllTasksDone: see ANSWER_AFTER_DONE
         self.progress = None
         self.network = None  # the ZmqInterface, when --net
         self.publisher = None
@@ -191,7 +191,7 @@ class ManagerService:
             self.progress.start(self)
         await self._done.wait()
         if self.answer_after_done and self.network is not None:
-            await self._answer_a_while()
+            await asyncio.sleep(ANSWER_AFTER_DONE)  # the interfaces still serve meanwhile
         for runner in runners:
             runner.cancel()
         flusher.cancel()
@@ -199,17 +199,6 @@ class ManagerService:
         zap_task.cancel()
         self.zap.close()
         return self.exit_code
-
-    async def _answer_a_while(self) -> None:
-        loop = self._loop
-        done = loop.time()
-        until = done + ANSWER_AFTER_DONE_MAX
-        while True:
-            quiet_from = max(self.last_request, done)
-            wait = min(quiet_from + ANSWER_AFTER_DONE_QUIET, until) - loop.time()
-            if wait <= 0:
-                return
-            await asyncio.sleep(wait)
 
     async def _network_open(self) -> None:
         """A child registers with its governor once it answers requests itself."""
@@ -283,16 +272,33 @@ class ManagerService:
             pass  # unreadable: as good as closed
         self._loop.remove_reader(0)
         log.warning("standard input closed: the process that started this service is gone")
-        self._stop_killing_tasks()
+        self._interrupt()
 
     def _on_signal(self, sig) -> None:
-        log.warning("signal %s: stopping, killing every running task", signal.Signals(sig).name)
-        self._stop_killing_tasks()
+        log.warning("signal %s: stopping, killing every running task (interrupted: --resume runs them again)",
+                    signal.Signals(sig).name)
+        self._interrupt()
 
-    def _stop_killing_tasks(self) -> None:
+    def _interrupt(self) -> None:
+        """Stop now, killing the running tasks as interrupted, not cancelled (Slurm's SIGTERM at the
+        time limit, scancel, ^C): nothing of them is journaled as an end, so `--resume` runs exactly
+        them and the never-started work again. Their ends from the launcher are not taken."""
+        if self.interrupted:
+            return
+        self.interrupted = True
         if self.parent_link is not None:
             self.parent_link.say_bye("signal")  # first: the governor re-queues, the kills are not cancels
-        self._cancel_all()
+        running = list(self.core.tasks.values())
+        if self.journal is not None and running:
+            by_job = {}
+            for task in running:
+                by_job.setdefault(task.job.name, []).append(task.it)
+            self.journal.record({"interrupted": {job: journal.to_ranges(its) for job, its in by_job.items()}})
+            self.journal.flush()
+        if self.launcher is not None:
+            for task in running:
+                self.launcher.cancel(task, 0)
+        log.warning("%d running tasks interrupted", len(running))
         self._done.set()
 
     def _cancel_all(self) -> None:
@@ -341,8 +347,6 @@ class ManagerService:
 
     # ------------------------------------------------------------ requests
     def handle(self, request) -> dict:
-        if self._loop is not None:
-            self.last_request = self._loop.time()
         self.after_reply()  # a request always sees every job accepted before it
         response = self.handlers.handle(request)
         if _small_submit(request):
@@ -417,7 +421,7 @@ class ManagerService:
     def _schedule_pass(self) -> None:
         self._pass_pending = False
         self.after_reply()
-        if not self.launcher.ready:
+        if not self.launcher.ready or self.interrupted:
             return
         now = time.time()
         core = self.core
@@ -453,6 +457,8 @@ class ManagerService:
         now = time.time()
         finish = self.core.finish
         for tid, outcome in finished:
+            if self.interrupted and outcome.rc != 0:
+                continue  # killed by the interruption (or ended badly during it): run again at --resume
             finish(tid, outcome, now)
         if self.fake:
             self.kick()  # fake tasks end inside launch(): a loop turn between passes serves requests
@@ -533,6 +539,7 @@ class ManagerService:
         now = time.time()
         core = self.core
         started = {}
+        interrupted = {}  # job: iterations a signal stopped (journaled as started, never as ended)
         file_index = -1
         for rec in records:
             if "submit" in rec:
@@ -560,6 +567,9 @@ class ManagerService:
                 except Exception:
                     pass
                 started.pop(rec["remove"], None)  # not retries of a later job given the same name
+            elif "interrupted" in rec:
+                for job, ranges in rec["interrupted"].items():
+                    interrupted.setdefault(job, set()).update(i for a, b in ranges for i in range(a, b))
             elif "file" in rec:
                 file_index = max(file_index, rec["file"])
             elif rec.get("finish"):
@@ -569,8 +579,11 @@ class ManagerService:
             core.mark_retry(job, its, now)
             retried += sum(1 for it in its if job in core.jobs and not core.jobs[job].iteration_state(it).is_final)
         events = core.drain_events()  # their reports and events were written by the run that died...
-        log.info("resumed from the journal: %d jobs, %d iterations finished, %d running at the crash run again",
-                 len(core.jobs), sum(n for s, n in core.it_counts.items() if s.is_final), retried)
+        again = sum(1 for job, its in interrupted.items() for it in its
+                    if job in core.jobs and not core.jobs[job].iteration_state(it).is_final)
+        log.info("resumed from the journal: %d jobs, %d iterations finished, %d running at the crash run again "
+                 "(%d of them interrupted by a signal)",
+                 len(core.jobs), sum(n for s, n in core.it_counts.items() if s.is_final), retried, again)
         if records and "fin" in records[-1] and self.report.enabled:
             self._report_ends_lost(records[-1]["fin"], events)  # ...unless it died just before that write
         return file_index
