@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on a fresh machine, then run the whole suite.
 #   - installs this package (editable) with its test extra
-#   - installs Debian's environment-modules (the `modules` tests load a real module) and MPICH
+#   - installs Debian's environment-modules (the `modules` tests load a real module), MPICH and Open MPI
 #   - installs and starts the local Slurm cluster (4 virtual nodes) for the Slurm tests
 # Extra arguments go to pytest.
 set -euo pipefail
@@ -24,6 +24,7 @@ apt_install() {
 
 [ -f /usr/share/modules/init/bash ] || apt_install environment-modules
 command -v mpicc.mpich >/dev/null 2>&1 || apt_install mpich libmpich-dev   # the MPI test (srunmpi model)
+{ command -v mpicc.openmpi && command -v mpirun.openmpi; } >/dev/null 2>&1 || apt_install openmpi-bin libopenmpi-dev   # the Open MPI test (openmpi model)
 
 if [ "$(id -u)" = 0 ]; then
     scripts/slurm-cluster.sh install
