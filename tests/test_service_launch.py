@@ -370,3 +370,33 @@ def test_sigkill_of_the_service_agent_kills_tasks(tmp_path, background):
     assert gone, f"task processes {[p for p in pids if pid_alive(p)]} still run 15 s after the service was killed"
     assert wait_for(lambda: not leftover_processes(run.sdir), 5), "the node agent outlived its service"
     print(f"tasks gone {took:.2f} s after SIGKILL of the service")
+
+
+def test_a_task_that_cannot_be_prepared_fails_alone_and_frees_its_cores(tmp_path):
+    """A failure to prepare a task after its submit was accepted (here the hostfile of a 2-node
+    task, in a working directory that cannot be made) ends that task FAILED with the reason; the
+    submit was answered as accepted, and the cores go to the next job. A 300-byte name (its
+    hostfile name too long as it is) runs."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "blocker").write_text("a file, not a directory")
+    long_name = "n" * 300
+    two_nodes = {"numNodes": {"exact": 2}, "numCores": {"exact": 2}}
+    requests = [{"request": "submit", "jobs": [
+        {"name": "badwd", "execution": {"exec": "/bin/true", "wd": "blocker/sub"}, "resources": two_nodes}]},
+        {"request": "submit", "jobs": [
+            {"name": long_name, "execution": {"exec": "/bin/true"}, "resources": two_nodes},
+            {"name": "all", "execution": {"exec": "/bin/true"}, "resources": {"numCores": {"exact": 4}},
+             "dependencies": {"after": ["badwd"]}},
+            {"name": "after", "execution": {"exec": "/bin/true"}, "resources": {"numCores": {"exact": 4}}}]},
+        {"request": "control", "command": "finishAfterAllTasksDone"}]
+    run = run_service(wd, requests, nodes="2,2", timeout=30)
+    assert run.reply(1)["code"] == 0 and run.reply(2)["code"] == 0, run.describe()
+    report = run.report()
+    assert report["badwd"]["state"] == "FAILED", report["badwd"]
+    assert "cannot prepare the task" in report["badwd"]["messages"], report["badwd"]
+    assert report["after"]["state"] == "SUCCEED" and report[long_name]["state"] == "SUCCEED"
+    assert report["all"]["state"] == "OMITTED"
+    hostfiles = sorted(p.name for p in wd.glob(".*.hostfile"))
+    assert hostfiles[0] == ".after.hostfile" and len(hostfiles) == 2, hostfiles
+    assert hostfiles[1].startswith(".nnnn") and len(hostfiles[1]) < 255, hostfiles  # cut, with a hash

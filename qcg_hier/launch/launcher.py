@@ -232,12 +232,22 @@ class AgentLauncher:
     # ----- outgoing -----
     def launch(self, tasks, now: float) -> None:
         routes, agents = self.routes, self.agents
+        unprepared = []
         for task in tasks:
-            spec = build(task, self.ctx)
+            try:
+                spec = build(task, self.ctx)
+            except Exception as exc:  # its hostfile, rankfile or working directory cannot be written, ...
+                log.error("task %s: cannot prepare it: %s", task.label, exc)
+                unprepared.append((task.tid, Outcome(None, 0, "", now, now, 0.0, 0, None,
+                                                     f"cannot prepare the task: {exc}", "")))
+                continue
             agent = routes[task.alloc.shares[0][0].name]
             self._launched[task.tid] = (program_name(spec), spec["wd"])
             agents[agent].outbox.append(["run", task.tid, spec])
         self.flush()
+        if unprepared:
+            # ended FAILED with the reason, their cores freed: on the next turn, not inside the pass
+            self._loop.call_soon(self.cb.on_finished, unprepared)
 
     def cancel(self, task, grace: float) -> None:
         agent = self.agents.get(self.routes.get(task.alloc.shares[0][0].name))

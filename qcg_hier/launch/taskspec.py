@@ -7,6 +7,7 @@ The environment travels in two parts: "env", the same for every task of a job on
 Built from the job's execution spec, its allocation and the launch-time variables.
 No full environment is sent: only the variables that differ from the agent's base.
 """
+import hashlib
 import os
 import shlex
 
@@ -14,6 +15,7 @@ from ..core.variables import substitute
 from . import models, slurm
 
 BASH = "/bin/bash"
+MAX_STEM_BYTES = 200  # of a task file's name before its suffix: under the 255 a file name may have
 
 
 class TaskContext:
@@ -131,7 +133,7 @@ def _build(task, ctx: TaskContext) -> dict:
     argv = _command(ex, subst)
     hostfile = None
     if len(shares) > 1 or ex.model in ("openmpi", "srunmpi"):
-        hostfile = os.path.join(wd, f".{job.name}{'-' + str(task.it) if job.iterative else ''}.hostfile")
+        hostfile = task_file(wd, job.name, task.it if job.iterative else None, ".hostfile")
         _write(hostfile, slurm.hostfile_text(shares))
     if ctx.slurm_env:
         env.update(slurm.task_environment(shares, hostfile))
@@ -167,6 +169,17 @@ def _cpus(share, ctx: TaskContext) -> list[int] | None:
 
 def _identity(text):
     return text
+
+
+def task_file(wd: str, name: str, it: int | None, suffix: str) -> str:
+    """`<wd>/.<job>[-<it>]<suffix>`, as upstream names a task's hostfile. A name too long for a file
+    name keeps its first 100 bytes and gets a hash of the whole; a name with a '/' (checked away at
+    submit, so only an old journal has one) has it replaced: the file never leaves `wd`."""
+    stem = name if it is None else f"{name}-{it}"
+    if "/" in stem or len(stem.encode()) > MAX_STEM_BYTES:
+        digest = hashlib.sha1(stem.encode()).hexdigest()[:16]
+        stem = stem.replace("/", "_").encode()[:100].decode(errors="ignore") + "-" + digest
+    return os.path.join(wd, f".{stem}{suffix}")
 
 
 def _write(path: str, text: str) -> None:
