@@ -283,8 +283,21 @@ def _wrong_keys(svc, kind: str) -> zmq.Socket:
     return sock
 
 
+@pytest.fixture
+def fresh_curve_svc(tmp_path):
+    """A service of its own: refusals from one host are logged once a minute, so each test that
+    looks for its refusal line needs a log no other stranger has written to."""
+    svc = start_net_service(tmp_path / "wd", auth="curve", nodes="2", instance_id="fresh-curve")
+    svc.data({"request": "submit", "jobs": [{"name": KEEP, "execution": {"exec": "/bin/true"}}]})
+    assert wait_for(lambda: svc.data({"request": "jobStatus", "jobNames": [KEEP]})["jobs"][KEEP]["data"]["status"]
+                    == "SUCCEED", 10)
+    yield svc
+    svc.stop()
+
+
 @pytest.mark.parametrize("kind", ["no-curve", "other-client-key", "other-server-key", "stolen-public-key"])
-def test_curve_service_refuses_strangers(curve_svc, kind):
+def test_curve_service_refuses_strangers(fresh_curve_svc, kind):
+    curve_svc = fresh_curve_svc
     before = curve_svc.log_text.lower().count("refused")
     sock = _wrong_keys(curve_svc, kind)
     try:
@@ -299,6 +312,55 @@ def test_curve_service_refuses_strangers(curve_svc, kind):
     assert wait_for(lambda: curve_svc.log_text.lower().count("refused") > before, 5), curve_svc.describe()
     assert_still_serving(curve_svc)
     assert f"intruder_{kind}" not in curve_svc.data({"request": "listJobs"})["jobs"]
+
+
+@pytest.mark.parametrize("kind", ["no-curve", "other-client-key"])
+def test_a_storm_of_refused_connections_is_logged_once_a_minute_per_peer(fresh_curve_svc, kind):
+    """A refused client retries about every 100 ms (each time from a new port): 3 s of that, from
+    several sockets, is one line, not hundreds."""
+    svc = fresh_curve_svc
+    socks = []
+    try:
+        for _ in range(5):
+            sock = _wrong_keys(svc, kind)
+            sock.setsockopt(zmq.RECONNECT_IVL, 50)
+            socks.append(sock)
+        time.sleep(3)
+    finally:
+        for sock in socks:
+            sock.close(0)
+    lines = [line for line in svc.log_text.splitlines() if "refused a connection" in line]
+    assert len(lines) == 1, lines
+    assert_still_serving(svc)
+
+
+def test_the_refusal_log_writes_one_line_a_minute_per_host_with_the_count():
+    from qcg_hier.service.zap import RefusalLog
+
+    now = [100.0]
+    refusals = RefusalLog(clock=lambda: now[0])
+    assert refusals.refused("10.0.0.1", "x")  # the first at once
+    assert not any(refusals.refused("10.0.0.1", "x") for _ in range(50))  # then counted
+    assert refusals.refused("10.0.0.2", "x")  # another host: its own minute
+    now[0] += 59.0
+    assert not refusals.refused("10.0.0.1", "x")
+    now[0] += 1.0
+    assert refusals.refused("10.0.0.1", "x")  # with the 51 not logged in its line
+
+
+def test_the_refusal_line_counts_what_it_did_not_log(caplog):
+    import logging
+    from qcg_hier.service.zap import RefusalLog
+
+    now = [0.0]
+    refusals = RefusalLog(clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="qcg_hier"):
+        for _ in range(7):
+            refusals.refused("10.0.0.9", "no key")
+        now[0] = 61.0
+        refusals.refused("10.0.0.9", "no key")
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 2 and "6 more refusals since the last line" in lines[1], lines
 
 
 def test_curve_service_publisher_refuses_strangers(curve_svc):

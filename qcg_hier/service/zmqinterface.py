@@ -188,32 +188,18 @@ class ZmqInterface:
             return protocol.error(f"Failed to process request: {type(exc).__name__}: {exc}")
 
     async def _log_refusals(self) -> None:
-        """A peer without CURVE (or with other keys) fails the handshake before ZAP is asked: log it here."""
-        events = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                  | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        """A peer without CURVE, or with another server key, fails the handshake before ZAP is asked
+        (ZAP logs the peers it refuses, by address): those go to the service's one refusal log. The
+        event names our endpoint, not the peer's, so they are counted per listening endpoint."""
+        events = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
         monitor = self.sock.get_monitor_socket(events)
-        throttle = {}  # kind -> [time of the last refusal, next time a line may be written, window, unlogged]
         try:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())
-                kind = zmq.Event(event["event"]).name
-                # A refused client retries every ~100 ms. Log the first refusal at once, then at most one
-                # line per window (doubling up to 4 s: a new stranger shows within seconds, a persistent
-                # one costs at most ~900 lines an hour), with the number of refusals not logged.
-                now = asyncio.get_running_loop().time()
-                key = (kind, event["value"])
-                last, next_line, window, unlogged = throttle.get(key, (-1e9, 0.0, 0.25, 0))
-                if now - last > 10:
-                    window = 0.25
-                if now < next_line:
-                    throttle[key] = [now, next_line, window, unlogged + 1]
-                    continue
-                window = min(window * 2, 4.0)
-                throttle[key] = [now, now + window, window, 0]
-                more = unlogged
-                log.warning("refused a connection on %s: handshake failed (%s, code %s): the peer does not hold "
-                            "this instance's credentials%s", event["endpoint"].decode(errors="replace"),
-                            kind, event["value"], f" ({more} more refusals of this kind)" if more else "")
+                endpoint = event["endpoint"].decode(errors="replace")
+                self.zap.refusals.refused(f"a peer of {endpoint}",
+                                          f"handshake failed ({zmq.Event(event['event']).name}): it does not hold "
+                                          f"this instance's CURVE keys (ZeroMQ does not name the peer here)")
         finally:
             self.sock.disable_monitor()
             monitor.close(0)
