@@ -178,7 +178,7 @@ def service_main(**kw):
     if opts.slurm_partition_nodes is not None and not opts.slurm:
         raise click.UsageError("--slurm-partition-nodes needs a Slurm allocation (use --partition-nodes with "
                                "--nodes outside Slurm)")
-    if opts.slurm_partition_nodes is not None and opts.net_bind is None:
+    if opts.slurm_partition_nodes is not None and opts.net_bind is None and opts.auth == "curve":
         opts.net_bind = "*"  # children on other nodes register here (CURVE guards the socket)
     _exit_now(run_service(opts, nodes))
 
@@ -349,8 +349,25 @@ def _network(opts, service_dir):
         credentials.save(service_dir)
     else:
         Credentials.remove(service_dir)  # an earlier run's keys would mislead clients
+        _warn_open(opts)
     return ZmqInterface(opts.net_bind or "127.0.0.1", opts.net_port, opts.net_port_min, opts.net_port_max,
                         opts.net_pub_port, credentials, enable_pub=not opts.disable_pub)
+
+
+def _warn_open(opts) -> None:
+    """--auth none: anyone who reaches the port runs commands as this user. Only an explicit
+    --net-bind opens it beyond this machine; say which it is, in the log and on stderr."""
+    import getpass
+    import logging
+
+    if opts.net_bind is None:
+        message = ("--auth none: no authentication; the network interface binds 127.0.0.1 only (give --net-bind "
+                   "to open it to other hosts: anyone who reaches it can run commands as %s)" % getpass.getuser())
+    else:
+        message = ("--auth none: no authentication on %s: anyone who reaches it can run commands as %s"
+                   % (opts.net_bind, getpass.getuser()))
+    logging.getLogger("qcg_hier").warning("%s", message)
+    print(f"qcg-pm-service: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _tune_gc() -> None:

@@ -543,3 +543,22 @@ def test_pub_events_in_upstream_format(open_svc):
         assert any(t == "JST" and b["state"] == "EXECUTING" for t, b in events)
     finally:
         sub.close(0)
+
+
+@pytest.mark.parametrize("bind", [None, "0.0.0.0"], ids=["default", "explicit"])
+def test_auth_none_binds_loopback_unless_told_and_says_so(tmp_path, bind):
+    import psutil
+
+    args = ["--net-bind", bind] if bind else []
+    svc = start_net_service(tmp_path / "wd", auth="none", nodes="1", args=args, instance_id="open")
+    try:
+        listening = {c.laddr.ip for c in psutil.Process(svc.proc.pid).net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN}
+        assert listening == {bind or "127.0.0.1"}, listening
+        assert "--auth none: no authentication" in svc.log_text
+        if bind is None:
+            assert "binds 127.0.0.1 only" in svc.log_text and svc.address.startswith("tcp://127.0.0.1:")
+        else:
+            assert f"no authentication on {bind}" in svc.log_text
+    finally:
+        svc.stop()

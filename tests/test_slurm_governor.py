@@ -4,6 +4,7 @@ node by $SLURMD_NODENAME."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
 
@@ -96,3 +97,25 @@ def test_kill9_of_a_child_loses_no_task_and_wait4all_returns(slurm_cluster, tmp_
     done = Counter(int(x) for p in wd.glob("done.*") for x in p.read_text().split())
     assert set(done) == set(range(48)), f"missing iterations: {set(range(48)) - set(done)}"
     assert waited < 100
+
+
+def test_a_governor_with_auth_none_binds_loopback_in_an_allocation(slurm_cluster, tmp_path):
+    """--auth none: anyone who reaches the port runs commands as the user, so the governor's
+    sockets (requests and children) stay on 127.0.0.1 unless --net-bind says otherwise, also
+    inside an allocation (where it opened every interface for its children)."""
+    wd = tmp_path / "wd"
+    # a task (every virtual node is this host) lists the governor's listening sockets, less those
+    # salloc holds (salloc's own socket is inherited by the command it runs: not the governor's)
+    look = ("import json, psutil\n"
+            "procs = [p for p in psutil.process_iter(['cmdline']) if '--slurm-partition-nodes' in (p.info['cmdline'] or [])]\n"
+            "def listening(ps): return {(c.laddr.ip, c.laddr.port) for p in ps for c in p.net_connections('tcp') "
+            "if c.status == psutil.CONN_LISTEN}\n"
+            "salloc = listening([p for p in procs if p.name() == 'salloc'])\n"
+            "own = listening([p for p in procs if p.name() != 'salloc']) - salloc\n"
+            "print(json.dumps(sorted({ip for ip, _ in own})))\n")
+    jobs = [{"name": "look", "execution": {"exec": sys.executable, "args": ["-c", look], "stdout": "listen.json"}}]
+    run = salloc_service(wd, [{"request": "submit", "jobs": jobs}, FINISH],
+                         args=["--slurm-partition-nodes", "2", "--net", "--auth", "none"], timeout=120)
+    assert [e["state"] for e in report(run) if e["name"] == "look"] == ["SUCCEED"]
+    assert json.loads((wd / "listen.json").read_text()) == ["127.0.0.1"]
+    assert "binds 127.0.0.1 only" in (run.sdir / "service.log").read_text()
