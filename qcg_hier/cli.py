@@ -14,6 +14,7 @@ from .core.nodespec import NodeSpec, parse_nodes_option
 from .launch.slurmenv import in_allocation
 from .service.fileinterface import FileInterface
 from .service.naming import SERVICE_DIR_PREFIX, default_instance_id
+from .auth import UntrustedPathError
 from .service.servicedir import make_service_dir, setup_logging
 
 NOT_YET = {
@@ -282,7 +283,10 @@ def run_service(opts, nodes) -> int:
     except OSError as exc:
         raise click.UsageError(f"cannot create working directory {wd}: {exc}")
     instance_id = opts.instance_id or default_instance_id()
-    service_dir = make_service_dir(wd, instance_id)
+    try:
+        service_dir = make_service_dir(wd, instance_id)
+    except (UntrustedPathError, NotADirectoryError) as exc:
+        raise click.UsageError(f"service directory: {exc}")
     if not opts.resume_records:
         # a new run with an --id used before starts clean (service.log is appended, as upstream)
         for stale in ("journal", "final_status.json", "address", "parent", opts.report_file):
@@ -345,8 +349,7 @@ def _network(opts, service_dir):
 
     credentials = None
     if opts.auth == "curve":
-        credentials = Credentials.generate()
-        credentials.save(service_dir)
+        credentials = Credentials.generate().save(service_dir)  # tasks get the client keys file's path
     else:
         Credentials.remove(service_dir)  # an earlier run's keys would mislead clients
         _warn_open(opts)

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import zmq
 
-from ..auth import ENV_ADDRESS, Credentials
+from ..auth import ENV_ADDRESS, Credentials, UntrustedPathError, read_service_dir
 from ..service.servicedir import find_service_dirs
 from .errors import ConnectionError, InternalError, ServiceError, TimeoutElapsed, WrongArgumentsError
 from .jobinfo import JobInfo
@@ -35,8 +35,19 @@ def _names(names) -> list[str]:
     raise WrongArgumentsError("job names must be a name or a non-empty list of names")
 
 
-def resolve_address(address=None) -> tuple[str, Credentials | None]:
-    """(zmq address, credentials) from an address, a directory, the environment or the cwd."""
+def resolve_address(address=None, open_ok: bool = False) -> tuple[str, Credentials | None]:
+    """(zmq address, credentials) from an address, a directory, the environment or the cwd.
+
+    What is found in a directory is used only if the directory and its files are this user's
+    alone, and only with keys, unless `open_ok` (cfg `{"auth": "none"}`): a service without keys
+    found in a directory may be another user's."""
+    try:
+        return _resolve(address, open_ok)
+    except UntrustedPathError as exc:
+        raise ConnectionError(str(exc)) from None
+
+
+def _resolve(address, open_ok: bool) -> tuple[str, Credentials | None]:
     if address is None:
         env_address = os.environ.get(ENV_ADDRESS)
         if env_address:
@@ -50,9 +61,12 @@ def resolve_address(address=None) -> tuple[str, Credentials | None]:
     if path.is_dir():
         dirs = find_service_dirs(path)
         for service_dir in dirs:
-            address_file = service_dir / "address"
-            if address_file.exists():
-                return address_file.read_text().strip(), Credentials.load(service_dir)
+            if (service_dir / "address").exists():
+                found, credentials = read_service_dir(service_dir)
+                if credentials is None and not open_ok:
+                    raise ConnectionError(f"the service in {service_dir} has no keys (it runs without "
+                                          f"authentication): pass cfg={{'auth': 'none'}} to connect anyway")
+                return found, credentials
         raise ConnectionError(f"no running service found under {path} (no .qcgpjm-service-*/address)")
     host, _, port = text.partition(":")
     return f"tcp://{host}:{port or DEFAULT_PORT}", None
@@ -60,7 +74,7 @@ def resolve_address(address=None) -> tuple[str, Credentials | None]:
 
 class Manager:
     def __init__(self, address=None, cfg=None):
-        self._init_connection(*resolve_address(address), cfg)
+        self._init_connection(*resolve_address(address, (cfg or {}).get("auth") == "none"), cfg)
 
     def clone(self) -> "Manager":
         """Another connection to the same service (for another thread: sockets are not thread-safe)."""
@@ -280,6 +294,8 @@ class LocalManager(Manager):
         if "--wd" not in args:
             args += ["--wd", str(wd)]
         instance_id = args[args.index("--id") + 1]
+        if "--auth" in args and args[args.index("--auth") + 1:][:1] == ["none"]:
+            cfg.setdefault("auth", "none")  # it was asked for an open service: connect without keys
         self._stderr = tempfile.TemporaryFile()
         # the service's stdin is a pipe whose only writer is this process: when it ends, however it
         # ends (kill -9 too), the service sees the pipe close and stops, killing its tasks

@@ -25,7 +25,7 @@ from ..core.errors import CoreError, SubmitError
 from ..core.jobdesc import parse_job
 from ..core.scheduler import task_ends
 from ..core.states import JobState
-from ..auth import Credentials, client_env
+from ..auth import client_env, read_service_dir
 from ..service.servicedir import PARENT_FILE, find_service_dirs
 from ..launch.launcher import FRAMES_PER_TURN, stalled
 from ..readagain import ReadAgain
@@ -86,6 +86,9 @@ class ParentLink:
             self.address, self.credentials = self._resolve()
         except Exception as exc:
             raise ParentLinkError(f"--parent {self.parent}: {exc}") from None
+        if self.credentials is not None and self.credentials.source is None:
+            # keys set by hand in the environment: this child's tasks get a file of them, not the keys
+            self.credentials = self.credentials.client_file(self.service.service_dir / "governor-keys.json")
         reply = await self._register()
         data = reply.get("data") or {}
         ctx = zmq.asyncio.Context.instance()
@@ -114,7 +117,11 @@ class ParentLink:
             if sdir.resolve() == self.service.service_dir.resolve() or (sdir / PARENT_FILE).exists():
                 continue
             if (sdir / "address").exists():
-                return (sdir / "address").read_text().strip(), Credentials.load(sdir)
+                address, credentials = read_service_dir(sdir)
+                if credentials is None and getattr(self.service.config, "auth", "curve") != "none":
+                    raise ParentLinkError(f"the service in {sdir} has no keys (it runs without authentication): "
+                                          f"give this child --auth none to join it anyway")
+                return address, credentials
         raise ParentLinkError("no running governor found there (no address file in a service directory "
                               "that is not a child's)")
 

@@ -105,7 +105,11 @@ class ChildStarter:
 
     def _start(self, part: Partition) -> None:
         env = dict(os.environ)
-        env.update(client_env(self.governor_address, self.credentials))
+        for name, value in client_env(self.governor_address, self.credentials).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         out = open(self.service_dir / f"{part.name}.log", "ab")
         try:
             part.process = subprocess.Popen(self.command(part), stdin=subprocess.DEVNULL, stdout=out,

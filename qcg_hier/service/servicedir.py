@@ -5,15 +5,21 @@ from pathlib import Path
 
 import orjson
 
+from ..auth import check_private
 from .naming import SERVICE_DIR_PREFIX, service_dir_path
 
 LOG_FORMAT = "%(asctime)-15s: %(message)s"
 
 
 def make_service_dir(wd: Path, instance_id: str) -> Path:
+    """Create it (0700: it holds the instance's credentials), or reuse it only if it is this user's
+    alone: one another user made (or may write) could hold planted files. Raises UntrustedPathError."""
     path = Path(service_dir_path(wd, instance_id))
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)  # holds the instance's credentials
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:
+        check_private(path)
+    os.chmod(path, 0o700)
     return path
 
 
