@@ -19,7 +19,8 @@ from qcg_hier.api import (ConnectionError, InvalidJobDescriptionError, JobInfo, 
                           LocalManager, Manager, ServiceError, TimeoutElapsed)
 
 NODES = "16"
-ENV_VARS = ("QCG_PM_ZMQ_ADDRESS", "QCG_PM_ZMQ_SERVER_KEY", "QCG_PM_ZMQ_CLIENT_PUBLIC", "QCG_PM_ZMQ_CLIENT_SECRET")
+ENV_VARS = ("QCG_PM_ZMQ_ADDRESS", "QCG_PM_ZMQ_KEYS_FILE", "QCG_PM_ZMQ_SERVER_KEY", "QCG_PM_ZMQ_CLIENT_PUBLIC",
+            "QCG_PM_ZMQ_CLIENT_SECRET")
 
 
 @pytest.fixture(autouse=True)
