@@ -464,3 +464,32 @@ def test_a_busy_child_sends_its_ends_up_in_batches():
         assert len(sent) == 4 and ["exe", {"w": [5, 6]}] in sent[-1]
 
     asyncio.run(scenario())
+
+
+def test_a_job_no_child_can_take_fails_alone_and_the_children_stay(tmp_path, services):
+    """A valid submit whose description cannot travel to a child (attributes nested 252 levels,
+    beyond the encoder's limit) ends that job FAILED with the reason; it stopped every frame to the
+    children before, heartbeats too, and both children exited."""
+    fast = ["--child-heartbeat", "0.3", "--child-timeout", "2"]
+    gov = start_governor(tmp_path, nodes="1,1", per=1, args=fast)
+    services.append(gov)
+    deep = {}
+    level = deep
+    for _ in range(252):
+        level["x"] = {}
+        level = level["x"]
+    pids = {p.pid for p in psutil.Process(gov.proc.pid).children()}
+    reply = gov.request({"request": "submit", "jobs": [
+        {"name": "deep", "execution": {"exec": "/bin/true"}, "attributes": deep},
+        {"name": "plain", "execution": {"exec": "/bin/true"}}]})
+    assert reply["code"] == 0, reply
+    m = manager(gov)
+    assert m.wait4(["deep", "plain"], timeout=20) == {"deep": "FAILED", "plain": "SUCCEED"}
+    info = m.info("deep")["jobs"]["deep"]["data"]
+    assert "cannot be sent to a child" in info.get("messages", ""), info
+    time.sleep(3)  # longer than the children's timeout: they must still be there, the same processes
+    assert {p.pid for p in psutil.Process(gov.proc.pid).children()} == pids
+    children = m.system_status()["Children"]
+    assert sorted((c["name"], c["state"]) for c in children) == [("partition-0", "ready"), ("partition-1", "ready")]
+    m.submit(Jobs().add(name="later", exec="/bin/true", iteration=4))
+    assert m.wait4("later", timeout=20) == {"later": "SUCCEED"}

@@ -148,20 +148,36 @@ class ChildLauncher:
     # ----- outgoing -----
     def launch(self, tasks, now: float) -> None:
         children = self.children
+        unsendable = []
         for task in tasks:
             entry = children[task.alloc.child.name]
             job = task.job
             if job.name not in entry.jobs_sent:
+                desc = self._description(job)
+                if isinstance(desc, str):  # why it cannot travel
+                    unsendable.append((task.tid, Outcome(None, 0, "", now, now, 0.0, 0, None, desc, "")))
+                    continue
                 entry.jobs_sent.add(job.name)
-                entry.outbox.append(["job", self._description(job)])
+                entry.outbox.append(["job", desc])
             entry.gives.setdefault(job.name, []).append(task.it)
         self.flush()
+        if unsendable:
+            # FAILED with the reason, on the next turn (not inside the scheduling pass); no child sees it
+            self._loop.call_soon(self.cb.on_finished, unsendable)
 
-    def _description(self, job) -> dict:
+    def _description(self, job) -> dict | str:
+        """The job as a child takes it, or why it cannot be sent (checked once, in the shape it
+        travels in: a description the encoder refuses, e.g. nested too deep, would stop every
+        frame to that child, heartbeats too)."""
         desc = self._descriptions.get(job.name)
         if desc is None:
             desc = job.spec.to_dict()
             desc.pop("dependencies", None)  # met at the governor before any iteration is handed out
+            try:
+                protocol.encode([["job", desc]])
+            except (TypeError, ValueError) as exc:
+                desc = f"the job description cannot be sent to a child: {exc}"
+                log.error("job %s: %s", job.name, desc)
             self._descriptions[job.name] = desc
         return desc
 
@@ -197,7 +213,7 @@ class ChildLauncher:
                 entry.outbox.extend(["cancel", name, its] for name, its in entry.cancels.items())
                 entry.cancels = {}
             if entry.outbox:
-                frame = protocol.encode(entry.outbox)
+                frame = _encode_outbox(entry)
                 entry.outbox = []
                 entry.last_sent = now
                 self._send(entry.identity, frame)
@@ -345,3 +361,20 @@ class ChildLauncher:
         entry.identity = f"{entry.name}#{entry.token}".encode()
         if was_connected:
             self.cb.on_node_lost(entry.name, not restartable)
+
+
+def _encode_outbox(entry) -> bytes:
+    """One frame of the child's messages. A message the encoder refuses is dropped with an error in
+    the log, never the frame: heartbeats and every other message still go."""
+    try:
+        return protocol.encode(entry.outbox)
+    except (TypeError, ValueError):
+        kept = []
+        for message in entry.outbox:
+            try:
+                protocol.encode(message)
+                kept.append(message)
+            except (TypeError, ValueError) as exc:
+                log.error("child %s: dropped a message that cannot be encoded (%s): %s", entry.name, exc,
+                          str(message)[:200])
+        return protocol.encode(kept)
