@@ -562,3 +562,81 @@ def test_auth_none_binds_loopback_unless_told_and_says_so(tmp_path, bind):
             assert f"no authentication on {bind}" in svc.log_text
     finally:
         svc.stop()
+
+
+# ---------------------------------------------------------------- nothing holds the loop
+@pytest.fixture(scope="module")
+def big_svc(tmp_path_factory):
+    # fake tasks on many virtual cores: 200,000 iterations end in a few passes
+    svc = start_net_service(tmp_path_factory.mktemp("big") / "wd", auth="none", nodes="64,64,64,64",
+                            args=["--fake-launch"], instance_id="big")
+    svc.data({"request": "submit", "jobs": [{"name": "big0", "execution": {"exec": "/bin/true"},
+                                             "iteration": {"stop": 200_000}}]})
+    assert wait_for(lambda: svc.data({"request": "jobStatus", "jobNames": ["big0"]})["jobs"]["big0"]["data"]
+                    ["status"] == "SUCCEED", 60)
+    yield svc
+    svc.stop()
+
+
+def test_a_huge_job_info_is_built_in_slices_and_other_clients_are_served_meanwhile(big_svc):
+    """jobInfo withChilds naming one 200,000-iteration job 700 times (it kept the loop busy 17-22 s,
+    and the agents took the manager for dead): answered once per name, in slices, while another
+    client's requests are answered within a fraction of a second."""
+    slow = big_svc.socket()
+    slow.send_multipart([b"", json.dumps({"request": "jobInfo", "jobNames": ["big0"] * 700,
+                                          "params": {"withChilds": True}}).encode()])
+    time.sleep(0.05)
+    lags = []
+    while not slow.poll(0):
+        t0 = time.monotonic()
+        assert big_svc.request({"request": "status"}, timeout=5)["code"] == 0
+        lags.append(time.monotonic() - t0)
+        time.sleep(0.02)
+    reply = json.loads(slow.recv_multipart()[-1])
+    slow.close(0)
+    assert reply["code"] == 0 and list(reply["data"]["jobs"]) == ["big0"]
+    childs = reply["data"]["jobs"]["big0"]["data"]["childs"]
+    assert len(childs) == 100_000 and all(c["state"] == "SUCCEED" for c in childs[:10])
+    assert lags and max(lags) < 0.5, f"another client waited {max(lags):.2f} s ({len(lags)} requests)"
+
+
+def test_a_reply_too_large_is_refused_clearly(big_svc):
+    # ten more of 200,000 iterations, left out at once (their dependency does not exist): the size
+    # counts what a reply would list, whatever the state
+    big_svc.data({"request": "submit", "jobs": [{"name": f"big{i}", "execution": {"exec": "/bin/true"},
+                                                 "iteration": {"stop": 200_000}, "dependencies": {"after": ["none"]}}
+                                                for i in range(1, 11)]})
+    reply = big_svc.request({"request": "jobInfo", "jobNames": [f"big{i}" for i in range(11)],
+                             "params": {"withChilds": True}})
+    assert reply == {"code": 1, "message": "Invalid request: jobInfo withChilds would list 1100000 iterations, "
+                                           "more than the 1000000 one reply may hold: ask for fewer jobs at a time"}
+    assert big_svc.request({"request": "jobInfo", "jobNames": ["big1"], "params": {"withChilds": True}})["code"] == 0
+
+
+def test_a_storm_of_distinct_subscriptions_does_not_freeze_the_service(open_svc):
+    """30,000 distinct PUB subscriptions left the service unresponsive for minutes."""
+    pub = open_svc.data({"request": "status"})["System"]["StatusPublisher"]
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.connect(pub)
+    sub.setsockopt(zmq.SUBSCRIBE, b"JFI")
+    try:
+        for i in range(30_000):
+            sub.setsockopt(zmq.SUBSCRIBE, f"x{i}".encode())
+        t0 = time.monotonic()
+        assert open_svc.request({"request": "status"}, timeout=10)["code"] == 0
+        assert wait_for(lambda: open_svc.request({"request": "status"}, timeout=10)["code"] == 0
+                        and time.monotonic() - t0 > 1, 5)
+        worst = max(_timed(lambda: open_svc.request({"request": "status"}, timeout=10)) for _ in range(5))
+        assert worst < 0.5, worst
+        # the publisher still serves the real subscription
+        open_svc.data({"request": "submit", "jobs": [{"name": "after_storm", "execution": {"exec": "/bin/true"}}]})
+        assert sub.poll(10_000) and sub.recv().startswith(b"JFI")
+    finally:
+        sub.close(0)
+    assert_still_serving(open_svc)
+
+
+def _timed(call) -> float:
+    t0 = time.monotonic()
+    call()
+    return time.monotonic() - t0

@@ -3,13 +3,17 @@
 Each takes the request dict and returns the response dict; errors become
 `{"code": 1, "message": ...}` and never stop the service.
 """
+import asyncio
 import getpass
+import logging
 import os
 import platform
 import socket
 import sys
+import time
 import uuid
 from datetime import datetime
+from types import GeneratorType
 
 import orjson
 
@@ -20,10 +24,56 @@ from ..core.states import FINAL_STATES, JobState
 from ..core.variables import substitute_tree
 
 FINISH_CONTROL = "finishAfterAllTasksDone"
+log = logging.getLogger("qcg_hier")
 
 
 class RequestError(Exception):
     """A malformed request: answered with `Invalid request: ...`."""
+
+
+# A large reply (jobInfo of many jobs, withChilds of a big job, jobStatus of many names) is built
+# across turns of the loop, SLICE_SECONDS at a time: heartbeats, task ends and other clients are
+# served in between, so no request holds the loop for long.
+SLICE_SECONDS = 0.02
+STEP_UNITS = 256  # names or childs built between two looks at the clock
+CHILDS_PER_JOB = 100_000  # iterations jobInfo withChilds lists per job
+MAX_CHILDS_PER_REPLY = 1_000_000  # beyond, the request is refused: ask for fewer jobs at a time
+_PENDING = object()
+
+
+def run_sliced(steps):
+    """Run `steps` (a generator that yields between units of work and returns the reply): the reply
+    itself if it is done within one slice, else a Future the loop completes slice by slice."""
+    reply = _advance(steps)
+    if reply is not _PENDING:
+        return reply
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def go_on() -> None:
+        try:
+            reply = _advance(steps)
+        except Exception as exc:  # a bug must not leave the client without a reply
+            log.exception("building a reply failed")
+            reply = protocol.error(f"Failed to process request: {type(exc).__name__}: {exc}")
+        if reply is _PENDING:
+            loop.call_soon(go_on)
+        else:
+            future.set_result(reply)
+
+    loop.call_soon(go_on)
+    return future
+
+
+def _advance(steps):
+    deadline = time.monotonic() + SLICE_SECONDS
+    try:
+        while True:
+            next(steps)
+            if time.monotonic() >= deadline:
+                return _PENDING
+    except StopIteration as done:
+        return done.value
 
 
 # upstream's texts for a request without its job names: clients and scripts match them
@@ -129,42 +179,64 @@ class Handlers:
             jobs[name] = entry
         return protocol.ok({"length": len(jobs), "jobs": jobs})
 
-    def _each_job(self, req: dict, describe, none_known) -> dict:
+    def _each_job(self, req: dict, describe, none_known, childs_per_job: int = 0):
         """`{"jobs": {name: {"status": 0, "data": ...} or {"status": 1, "message": ...}}}`: an unknown
         name among known ones gets its own error entry (upstream failed the whole request); when no
         name is known, the request fails as upstream's does (`none_known(names, first error)` says
-        how), and upstream's client raises on it."""
-        names = _names(req)
+        how), and upstream's client raises on it. A name given twice is answered once (the reply is
+        keyed by name). Built in slices (see run_sliced); `childs_per_job`: iterations each
+        iterative job lists, counted against MAX_CHILDS_PER_REPLY before anything is built."""
+        names = list(dict.fromkeys(_names(req)))
+        if childs_per_job:
+            self._check_reply_size(names, childs_per_job)
+        return run_sliced(self._each_job_steps(names, describe, none_known))
+
+    def _check_reply_size(self, names: list, childs_per_job: int) -> None:
+        jobs = self.s.core.jobs
+        listed = sum(min(jobs[n].total, childs_per_job) for n in names if n in jobs and jobs[n].iterative)
+        if listed > MAX_CHILDS_PER_REPLY:
+            raise RequestError(f"jobInfo withChilds would list {listed} iterations, more than the "
+                               f"{MAX_CHILDS_PER_REPLY} one reply may hold: ask for fewer jobs at a time")
+
+    def _each_job_steps(self, names: list, describe, none_known):
         out = {}
         first_error = None
-        for name in names:
+        find = self.s.core.find
+        for n, name in enumerate(names):
+            if n % STEP_UNITS == 0:
+                yield
             try:
-                job, it = self.s.core.find(name)
+                job, it = find(name)
             except UnknownJobError as exc:
                 out[name] = {"status": 1, "message": str(exc)}
                 first_error = first_error or exc
                 continue
-            out[name] = {"status": 0, "data": describe(name, job, it)}
-        if first_error is not None and len(out) == len(names) and all(e["status"] for e in out.values()):
+            data = describe(name, job, it)
+            if isinstance(data, GeneratorType):
+                data = yield from data
+            out[name] = {"status": 0, "data": data}
+        if first_error is not None and all(e["status"] for e in out.values()):
             return protocol.error(none_known(names, first_error))
         return protocol.ok({"jobs": out})
 
-    def r_jobStatus(self, req: dict) -> dict:
+    def r_jobStatus(self, req: dict):
         def status(name, job, it):
             state = job.state if it is None else job.iteration_state(it)
             return {"jobName": name, "status": state.value}
         return self._each_job(req, status, lambda names, error: str(error))
 
-    def r_jobInfo(self, req: dict) -> dict:
+    def r_jobInfo(self, req: dict):
         params = req.get("params") or {}
         if not isinstance(params, dict):
             raise RequestError("'params' must be an object")
         with_childs = bool(params.get("withChilds"))
         # upstream names the whole list here: "Job ['a', 'b'] doesn't exist"
         return self._each_job(req, lambda name, job, it: self._job_info(name, job, it, with_childs),
-                              lambda names, error: f"Job {names!r} doesn't exist")
+                              lambda names, error: f"Job {names!r} doesn't exist",
+                              CHILDS_PER_JOB if with_childs else 0)
 
-    def _job_info(self, name, job, it, with_childs) -> dict:
+    def _job_info(self, name, job, it, with_childs):
+        """The data of one job or iteration; a generator (see run_sliced) when it lists childs."""
         if it is not None:
             record = job.records.get(it) if job.records else None
             data = {"jobName": name, "status": job.iteration_state(it).value}
@@ -182,7 +254,7 @@ class Handlers:
             data["iterations"] = {"start": job.start, "stop": job.stop, "total": job.total,
                                   "finished": job.finished, "failed": failed}
             if with_childs:
-                data["childs"] = self._childs(job)
+                return self._with_childs(job, data)
         else:
             record = job.records.get(job.start) if job.records else None
             task = job.running.get(job.start)
@@ -190,14 +262,24 @@ class Handlers:
                 data["runtime"] = record.runtime()
             elif task is not None:
                 data["runtime"] = _running_runtime(task)
+        return self._job_tail(job, data)
+
+    @staticmethod
+    def _job_tail(job, data: dict) -> dict:
         data["history"] = _history_text(job.history)
         if job.messages:
             data["messages"] = "; ".join(job.messages)
         return data
 
-    def _childs(self, job, limit: int = 100_000) -> list:
+    def _with_childs(self, job, data: dict):
+        data["childs"] = yield from self._childs(job)
+        return self._job_tail(job, data)
+
+    def _childs(self, job, limit: int = CHILDS_PER_JOB):
         childs = []
         for it in range(job.start, min(job.stop, job.start + limit)):
+            if it % STEP_UNITS == 0:
+                yield
             child = {"iteration": it, "state": job.iteration_state(it).value}
             record = job.records.get(it) if job.records else None
             task = job.running.get(it)
