@@ -168,9 +168,15 @@ class Handlers:
         return protocol.ok({"submitted": len(names), "jobs": names}, f"{len(names)} jobs submitted")
 
     # ------------------------------------------------------------ queries
-    def r_listJobs(self, req: dict) -> dict:
+    def r_listJobs(self, req: dict):
+        return run_sliced(self._list_steps(list(self.s.core.jobs.items())))
+
+    @staticmethod
+    def _list_steps(items: list):
         jobs = {}
-        for name, job in self.s.core.jobs.items():
+        for n, (name, job) in enumerate(items):
+            if n % STEP_UNITS == 0:
+                yield
             entry = {"status": job.state.value}
             if not job.state.is_final:
                 entry["inQueue"] = 1 if job.queued_under is not None else 0
