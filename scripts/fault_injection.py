@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fault injection: kill -9 a part of a running campaign at a random moment, recover, check.
+"""Fault injection: kill -9 (or stop) a part of a running campaign at a random moment, recover, check.
 
 This is not a test (it takes minutes); it prints one line per round and a summary.
 
@@ -21,6 +21,12 @@ For each round and each fault kind, in a fresh working directory:
                child's work on the others and starts the child again (automatic recovery);
   - `governor`: the governor: its children notice the silence (--child-timeout 2 s), kill their
                tasks and exit; then `qcg-pm-service --resume WD` finishes the rest;
+  - `stall-manager`, `stall-child`, `stall-governor`: not a kill but SIGSTOP of the service, of
+               one child manager, of the governor, for a random --stall time (5-30 s), then SIGCONT:
+               the campaign goes on by itself;
+  - `agent-slurm`: one node agent of a manager inside a real allocation (`salloc -N2` on the
+               local Slurm cluster, `eval "$(scripts/slurm-cluster.sh env)"` first): the manager
+               notices, re-runs the node's tasks and the campaign goes on;
 * checks:
   - every task ended SUCCEED (final_status.json, and jobs.report's last entry per iteration);
   - no task whose success had been journaled ran again (its name appears once in names.txt);
@@ -54,8 +60,10 @@ import benchlib as bl
 
 SERVICE_ID = "fi"
 SDIR = f".qcgpjm-service-{SERVICE_ID}"
-KINDS = ["agent", "manager", "child", "governor"]
-GOVERNED = ("child", "governor")
+KINDS = ["agent", "manager", "child", "governor", "stall-manager", "stall-child", "stall-governor", "agent-slurm"]
+GOVERNED = ("child", "governor", "stall-child", "stall-governor")
+STALLS = ("stall-manager", "stall-child", "stall-governor")
+IN_ALLOCATION = ("agent-slurm",)
 GOVERNOR_ARGS = ["--governor", "--partition-nodes", "1", "--child-heartbeat", "0.3", "--child-timeout", "2"]
 
 
@@ -66,6 +74,14 @@ def service_command() -> list[str]:
 def local_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SRUN_", "SALLOC_", "SBATCH_"))}
     env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def allocation_env() -> dict:
+    """For salloc: the local Slurm cluster's configuration (scripts/slurm-cluster.sh env)."""
+    env = local_env()
+    if "SLURM_CONF" in os.environ:
+        env["SLURM_CONF"] = os.environ["SLURM_CONF"]
     return env
 
 
@@ -136,11 +152,11 @@ def count_lines(path: Path) -> int:
         return 0
 
 
-def start(argv: list, wd: Path, log: Path) -> subprocess.Popen:
+def start(argv: list, wd: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
     out = open(log, "ab")
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=local_env(), cwd=wd.parent, start_new_session=True)
+                                env=env or local_env(), cwd=wd.parent, start_new_session=True)
     finally:
         out.close()
 
@@ -164,6 +180,42 @@ def child_pids(marker: str) -> list[int]:
     return found
 
 
+def node_agent_pids(marker: str) -> list[int]:
+    """Node agents inside the allocation (started by srun; their command line names the round's
+    service directory)."""
+    found = []
+    for proc in marked(marker):
+        try:
+            if "qcg_hier_agent" in " ".join(proc.cmdline()):
+                found.append(proc.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def service_pid(svc: subprocess.Popen, kind: str, marker: str) -> int | None:
+    """The manager (or governor) process: under salloc, salloc's child."""
+    if kind not in IN_ALLOCATION:
+        return svc.pid
+    for proc in marked(marker):
+        try:
+            if proc.name() != "salloc" and "--file-path" in proc.cmdline() and "--parent" not in proc.cmdline():
+                return proc.pid
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def stall(pid: int, seconds: float) -> None:
+    """SIGSTOP for `seconds`, then SIGCONT: a manager, child or governor that stands still (a busy
+    node, a debugger, a suspended job step) must not lose work when it goes on."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 def agent_pid(sdir: Path) -> int | None:
     import re
     try:
@@ -175,7 +227,7 @@ def agent_pid(sdir: Path) -> int | None:
 
 def one_round(n: int, kind: str, rng: random.Random, args, base: Path) -> tuple[bool, str]:
     t0 = time.monotonic()
-    deadline = t0 + args.round_timeout
+    deadline = t0 + args.round_timeout + (args.stall[1] if kind in STALLS else 0)
     marker = f"qhfi{os.getpid()}r{n}{kind}"
     root = base / marker
     wd = root / "wd"
@@ -190,17 +242,33 @@ def one_round(n: int, kind: str, rng: random.Random, args, base: Path) -> tuple[
     info = {}
     try:
         extra = GOVERNOR_ARGS if kind in GOVERNED else []
-        svc = start(service_command() + ["--file-path", str(reqs), "--wd", str(wd), "--id", SERVICE_ID,
-                                         "--nodes", args.nodes] + extra, wd, root / "service.out")
+        argv = service_command() + ["--file-path", str(reqs), "--wd", str(wd), "--id", SERVICE_ID]
+        if kind in IN_ALLOCATION:  # the allocation's nodes, one agent per node started by srun
+            svc = start(["salloc", "-Q", "-N", str(args.alloc_nodes), "--ntasks-per-node=2"] + argv, wd,
+                        root / "service.out", env=allocation_env())
+        else:
+            svc = start(argv + ["--nodes", args.nodes] + extra, wd, root / "service.out")
         # ---- the fault
         while count_lines(names) < target and svc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.003)
         done_at_fault = count_lines(names)
         info["fault"] = f"at {done_at_fault}/{total}"
+        at_fault = journal(sdir)  # what had succeeded when the fault began (a stall lasts a while)
         if svc.poll() is not None:
             problems.append("campaign ended before the fault: no fault injected")
         elif time.monotonic() >= deadline:
             problems.append("fault point not reached in time")
+        elif kind in STALLS:
+            targets = child_pids(marker) if kind == "stall-child" else [service_pid(svc, kind, marker)]
+            seconds = rng.uniform(*args.stall)
+            info["fault"] += f" stop {seconds:.0f}s"
+            stall(rng.choice(targets), seconds)
+        elif kind == "agent-slurm":
+            agents = node_agent_pids(marker)
+            if not agents:
+                problems.append("no node agent found in the allocation")
+            else:
+                os.kill(rng.choice(agents), signal.SIGKILL)
         elif kind == "agent":
             pid = agent_pid(sdir)
             if pid is None:
@@ -217,7 +285,8 @@ def one_round(n: int, kind: str, rng: random.Random, args, base: Path) -> tuple[
                 os.kill(pid, signal.SIGKILL)
         else:
             os.kill(svc.pid, signal.SIGKILL)
-        at_fault = journal(sdir)  # the journal at the fault (the manager cannot add more when dead)
+        if kind not in STALLS:
+            at_fault = journal(sdir)  # the journal at the kill (a dead manager cannot add more)
         succeeded_before = journaled(at_fault, "fin", "SUCCEED")
         info["journaled"] = len(succeeded_before)
 
@@ -291,7 +360,7 @@ def one_round(n: int, kind: str, rng: random.Random, args, base: Path) -> tuple[
     finally:
         kill_marked(marker)
     elapsed = time.monotonic() - t0
-    if elapsed > args.round_timeout:
+    if elapsed > deadline - t0:
         problems.append(f"round took {elapsed:.1f} s")
     ok = not problems
     line = (f"round {n:>3}/{args.rounds} {kind:<8} fault {info.get('fault', '?'):<11} "
@@ -313,7 +382,11 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=20)
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--nodes", default="4,4")
-    p.add_argument("--round-timeout", type=float, default=60.0)
+    p.add_argument("--round-timeout", type=float, default=60.0, help="seconds a round may take (a stall round: "
+                                                                      "plus the stall)")
+    p.add_argument("--stall", type=lambda text: tuple(float(x) for x in text.split(",")), default=(5.0, 30.0),
+                   metavar="MIN,MAX", help="seconds a stall-* round stops its target (random in the range)")
+    p.add_argument("--alloc-nodes", type=int, default=2, help="nodes of an agent-slurm round's allocation")
     p.add_argument("--keep", action="store_true", help="keep the working directories of passed rounds too")
     p.add_argument("--base", default=None, help="where the rounds' directories go (default: a temporary one)")
     args = p.parse_args()
