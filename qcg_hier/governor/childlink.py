@@ -24,6 +24,7 @@ from ..core.nodespec import NodeSpec
 from ..core.states import JobState
 from ..launch.launcher import FRAMES_PER_TURN, open_link, stalled
 from ..readagain import ReadAgain
+from ..connections import AcceptedConnections
 from ..socket_exit import close_delivering
 from ..service.journal import to_ranges
 
@@ -37,7 +38,7 @@ FAILED_STATES = {JobState.FAILED.value, JobState.OMITTED.value}
 @dataclass
 class LinkSettings:
     heartbeat: float = 2.0  # seconds between heartbeats, both ways
-    timeout: float = 10.0  # a child silent this long is lost
+    timeout: float = 10.0  # a child silent this long, its connection closed, is lost
     register_timeout: float = 300.0  # children the governor started must register within this
 
 
@@ -45,7 +46,7 @@ class ChildEntry:
     """The governor's view of one child manager."""
 
     __slots__ = ("name", "token", "identity", "outbox", "gives", "cancels", "last_seen", "last_sent",
-                 "connected", "jobs_sent")
+                 "connected", "jobs_sent", "address", "silence_noted")
 
     def __init__(self, name: str):
         self.name = name
@@ -58,6 +59,8 @@ class ChildEntry:
         self.last_sent = 0.0
         self.connected = False
         self.jobs_sent: set = set()
+        self.address = None  # of its connection, as it reports it (see connections.py)
+        self.silence_noted = False
 
 
 def node_specs(resources: dict) -> list[NodeSpec]:
@@ -103,6 +106,8 @@ class ChildLauncher:
     async def start(self) -> None:
         self._sock, self.address = open_link(self.credentials, self.zap, CHILD_DOMAIN, self.bind_host,
                                              self.advertise_host, self._on_readable)
+        self.connections = AcceptedConnections(self._sock)
+        self.connections.start()
         self._loop = asyncio.get_running_loop()
         self._tasks.append(asyncio.ensure_future(self._watch()))
 
@@ -123,6 +128,7 @@ class ChildLauncher:
         for task in self._tasks:
             task.cancel()
         self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+        self.connections.close()
         close_delivering(self._sock)  # the children's "exit" still goes out
 
     # ----- registration -----
@@ -250,6 +256,7 @@ class ChildLauncher:
                 self._send(ident, protocol.encode([["exit", "superseded"]]))  # an incarnation declared lost
                 continue
             entry.last_seen = now
+            entry.silence_noted = False
             try:
                 messages = protocol.decode(frame)
             except Exception:
@@ -272,6 +279,8 @@ class ChildLauncher:
             self.service.child_executing(msg[1])
         elif kind == "hb":
             self.service.child_usage(entry.name, msg[1])
+        elif kind == "addr":
+            entry.address = msg[1]
         elif kind == "hello":
             entry.connected = True
             log.info("child %s connected", entry.name)
@@ -338,13 +347,27 @@ class ChildLauncher:
                 return
             for entry in list(self.children.values()):
                 exited = self.starter is not None and self.starter.exited(entry.name)
-                if entry.connected and (exited or now - entry.last_seen > s.timeout):
-                    self._lose(entry, "its process ended" if exited else f"silent for {now - entry.last_seen:.1f} s")
+                if entry.connected and exited:
+                    self._lose(entry, "its process ended")
+                elif entry.connected and now - entry.last_seen > s.timeout:
+                    self._silent(entry, now - entry.last_seen)
                 elif entry.connected and now - entry.last_sent > s.heartbeat:
                     entry.outbox.append(["hb"])
             if self.starter is not None:
                 self.starter.restart_dead(self.children)
             self.flush()
+
+    def _silent(self, entry: ChildEntry, silent: float) -> None:
+        """A silent child is lost only if its connection is not up: one that is busy, or stopped and
+        continued later, is waited for (its tasks go on; re-running them would run them twice)."""
+        up = self.connections.is_up(entry.address)
+        if up:
+            if not entry.silence_noted:
+                entry.silence_noted = True
+                log.warning("child %s has been silent for %.1f s but its connection is up: waiting for it "
+                            "(stopped or busy, not gone)", entry.name, silent)
+            return
+        self._lose(entry, f"silent for {silent:.1f} s" + (", its connection closed" if up is False else ""))
 
     def _lose(self, entry: ChildEntry, why: str) -> None:
         was_connected = entry.connected

@@ -29,6 +29,7 @@ from ..auth import client_env, read_service_dir
 from ..service.servicedir import PARENT_FILE, find_service_dirs
 from ..launch.launcher import FRAMES_PER_TURN, stalled
 from ..readagain import ReadAgain
+from ..connections import OutgoingConnection, keep_alive
 from ..socket_exit import close_delivering
 from .childlink import LinkSettings
 
@@ -72,6 +73,8 @@ class ParentLink:
         self.detached = False  # bye sent (or the governor is gone): nothing more goes up
         self.last_seen = time.monotonic()
         self.last_sent = 0.0
+        self._silence_noted = False
+        self.connection = None
         self.last_used = -1  # cores in use as last reported
         self._loop = None
         self._read_again = ReadAgain(self._on_readable)
@@ -95,8 +98,12 @@ class ParentLink:
         self.sock = zmq.Socket(ctx, zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IDENTITY, f"{data['id']}#{data['token']}".encode())
+        keep_alive(self.sock)
         if self.credentials is not None:
             self.credentials.secure_client(self.sock)
+        # the governor tells our connection by the address we report at each (re)connection
+        self.connection = OutgoingConnection(self.sock, self._report_address)
+        self.connection.start()
         self.sock.connect(data["link"])
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self.sock.getsockopt(zmq.FD), self._on_readable)
@@ -228,6 +235,7 @@ class ParentLink:
             except zmq.Again:
                 break
             self.last_seen = time.monotonic()
+            self._silence_noted = False
             try:
                 messages = protocol.decode(frame)
             except Exception:
@@ -299,14 +307,30 @@ class ParentLink:
             if stalled(now, tick, s.timeout):
                 self.last_seen = now  # this process was stopped, not the governor silent: a fresh window
             tick = now
-            if now - self.last_seen > s.timeout:
-                log.error("the governor has been silent for %.1f s: stopping (tasks are killed)", now - self.last_seen)
-                self.detached = True
-                self.service.stop_now(code=1)
+            if now - self.last_seen > s.timeout and self._governor_gone(now - self.last_seen):
                 return
             if now - self.last_sent > s.heartbeat:
                 self._send_heartbeat()
             self.flush()
+
+    def _governor_gone(self, silent: float) -> bool:
+        """A silent governor is gone only if the connection to it is down: one that is busy, or
+        stopped and continued later, is waited for (our tasks go on meanwhile)."""
+        if self.connection.up:
+            if not self._silence_noted:
+                self._silence_noted = True
+                log.warning("the governor has been silent for %.1f s but its connection is up: waiting for it "
+                            "(stopped or busy, not gone)", silent)
+            return False
+        log.error("the governor has been silent for %.1f s and its connection is down: stopping (tasks are killed)",
+                  silent)
+        self.detached = True
+        self.service.stop_now(code=1)
+        return True
+
+    def _report_address(self, address: str) -> None:
+        self.outbox.append(["addr", address])
+        self.flush()
 
     def leave(self) -> None:
         """Return the not-started iterations to the governor; the running ones finish here first."""
@@ -333,4 +357,5 @@ class ParentLink:
             self._forward_timer.cancel()
         if self.sock is not None:
             self._loop.remove_reader(self.sock.getsockopt(zmq.FD))
+            self.connection.close()
             close_delivering(self.sock)  # the last frames (bye) still go out

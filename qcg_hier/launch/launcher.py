@@ -21,6 +21,7 @@ from ..readagain import ReadAgain
 from ..auth import Credentials
 from ..core.job import Outcome
 from ..service.naming import AGENT_LOG
+from ..connections import keep_alive
 from ..socket_exit import close_delivering
 from . import early_agent
 from .pipelink import PipeChannel
@@ -116,6 +117,7 @@ def open_link(credentials, zap, domain: str, bind_host: str, advertise_host: str
     sock = zmq.Socket(zmq.asyncio.Context.instance(), zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    keep_alive(sock)  # a dead peer's node is found out by the kernel, whatever our loop does
     if credentials is not None:
         credentials.secure_server(sock, domain)
         zap.allow(domain, credentials.client_public)
