@@ -307,6 +307,20 @@ class TestParseJobValid:
         assert ex.model == "openmpi"
         assert dict(ex.model_opts) == {"mpirun": "/usr/bin/mpirun", "mpirun_args": ("--oversubscribe",)}
 
+    @pytest.mark.parametrize("venv", ["", " ", "\t \n"])
+    def test_empty_venv_means_no_venv(self, venv):
+        # upstream's rule; EasyVVUQ's templates default 'venv' to ''
+        spec = parse_job(job(execution={"exec": "python3", "venv": venv, "stdout": "o"}))
+        assert spec.execution.venv is None
+        assert "venv" not in spec.execution.to_dict()
+        assert spec.execution.stdout == "o"
+        # only the venv's emptiness is forgiven: a venv of another type, and the other empty fields,
+        # are still errors
+        for wrong in (0, False, [], {}, [venv]):
+            bad(job(execution={"exec": "x", "venv": wrong}), "execution.venv")
+        for key in ("exec", "wd", "stdin", "stdout", "stderr"):
+            bad(job(execution={"exec": "x", "venv": venv, key: ""}), f"execution.{key}")
+
     def test_modules_as_string(self):
         assert parse_job(job(execution={"exec": "x", "modules": "gcc"})).execution.modules == ("gcc",)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import threading
 import time
 
 import pytest
@@ -159,6 +160,202 @@ def test_context_manager_shuts_down_the_service(tmp_path_factory, monkeypatch):
         assert (tmp_path / "ctx.out").read_text() == "ctx\n"
         with pytest.raises(RuntimeError):
             executor.submit(["/bin/true"])
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+
+
+# ---------------------------------------------------------------- upstream executor-api compatibility
+def indented_template():
+    """The shape of upstream's and EasyVVUQ's templates: an indented triple-quoted string, 'venv' ''."""
+    template = """
+        {
+            'name': '${name}',
+            'execution': {
+                'exec': '${exec}',
+                'args': ${args},
+                'stdout': '${stdout}',
+                'venv': '${venv}',
+                'modules': ${modules},
+                'model_opts': ${model_opts}
+            }
+        }
+         """
+    return template, {"args": [], "stdout": "stdout", "venv": "", "modules": [], "model_opts": {}}
+
+
+def test_template_is_dedented_and_none_args_skipped():
+    job = Executor._from_template(indented_template, (None, {"name": "t1", "args": ["a"]}, None),
+                                  {"exec": "/bin/echo"})
+    assert job == {"name": "t1", "execution": {"exec": "/bin/echo", "args": ["a"], "stdout": "stdout", "venv": "",
+                                               "modules": [], "model_opts": {},
+                                               "env": {"QCG_PM_EXEC_API_JOB_ID": "${jname}"}}}
+    # kwargs over dict args (the later over the earlier) over defaults, as upstream
+    given = ({"name": "t2", "exec": "x", "stdout": "first"}, None, {"stdout": "second"})
+    assert Executor._from_template(indented_template, given, {"stdout": "kw"})["execution"]["stdout"] == "kw"
+    assert Executor._from_template(indented_template, given, {})["execution"]["stdout"] == "second"
+    assert Executor._from_template(indented_template, given[:1], {})["execution"]["stdout"] == "first"
+
+
+def test_indented_template_with_none_and_empty_venv_runs(ex, wd):
+    # what EasyVVUQ's QCGPJPool sends without template_params: the indented template, None, venv ''
+    f1 = ex.submit(indented_template, None, name="indent1", exec="/bin/echo", args=["indented", 1],
+                   stdout="indent1.out")
+    f2 = ex.submit(indented_template, None, {"venv": "  "}, None, name="indent2", exec="/bin/echo",
+                   args=["blank venv"], stdout="indent2.out")
+    assert f1.result(timeout=20) == {"indent1": "SUCCEED"}
+    assert f2.result(timeout=20) == {"indent2": "SUCCEED"}
+    assert (wd / "indent1.out").read_text() == "indented 1\n"
+    assert (wd / "indent2.out").read_text() == "blank venv\n"
+
+
+def test_running_while_executing(ex):
+    mgr = ex.qcgpj_manager
+    running = ex.submit(["sleep", "30"], name="flag_run", numCores=4)
+    queued = None
+    try:
+        assert not running.done()
+        assert wait_for(running.running, 5), running
+        assert mgr.list()["flag_run"]["status"] == "EXECUTING"
+        queued = ex.submit(["sleep", "30"], name="flag_queued", numCores=4)
+        time.sleep(0.3)
+        assert mgr.list()["flag_queued"]["status"] == "QUEUED"
+        assert not queued.running() and not queued.done()
+        assert running.running() and not running.done()
+    finally:
+        assert running.cancel()
+        if queued is not None:
+            assert queued.cancel()
+    assert not running.running() and running.cancelled() and running.done()
+    assert wait_for(lambda: mgr.list()["flag_run"]["status"] == "CANCELED", 5)
+
+
+def test_cancelled_futures_count_as_done_for_wait_and_as_completed(ex):
+    mgr = ex.qcgpj_manager
+    for i in range(20):
+        future = ex.submit(["sleep", "30"], name=f"cw{i}")
+        if i % 2:
+            assert wait_for(future.running, 5)  # cancelled while executing, else while queued
+        t0 = time.monotonic()
+        assert future.cancel() and future.cancelled()
+        done, not_done = concurrent.futures.wait([future], timeout=5)
+        assert done == {future} and not not_done, f"round {i}: wait() did not see the cancelled future"
+        assert list(concurrent.futures.as_completed([future], timeout=5)) == [future]
+        assert time.monotonic() - t0 < 2
+        with pytest.raises(concurrent.futures.CancelledError):
+            future.result(timeout=1)
+        assert future.cancel()  # again: still True, nothing changes
+    assert wait_for(lambda: all(mgr.list()[f"cw{i}"]["status"] == "CANCELED" for i in range(20)), 10)
+
+
+@pytest.fixture
+def no_outer_service(monkeypatch):
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def _in_thread(fn, timeout: float) -> bool:
+    """Run fn in a daemon thread; whether it returned within `timeout` (a hang must fail, not hang)."""
+    errors = []
+
+    def target():
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if errors:
+        raise errors[0]
+    return not thread.is_alive()
+
+
+@pytest.mark.parametrize("how", ["shutdown", "with", "cancel_futures"])
+def test_cancel_then_shutdown_never_hangs(tmp_path_factory, no_outer_service, how):
+    wd = tmp_path_factory.mktemp(f"cs-{how}")
+    for i in range(7):
+        executor = Executor(wd=str(wd), resources="1")
+        proc = executor.qcgpj_manager.process
+        try:
+            if how == "cancel_futures":
+                short = executor.submit(["sleep", "0.3"], name=f"short{i}")
+                assert wait_for(lambda: short.running() or short.done(), 5)  # seen executing, not pending
+                long = executor.submit(["sleep", "30"], name=f"long{i}")  # queued behind it
+                assert _in_thread(lambda: executor.shutdown(cancel_futures=True), 15), f"round {i}: hung"
+                assert long.cancelled() and short.result(timeout=0) == {f"short{i}": "SUCCEED"}
+            else:
+                futures = [executor.submit(["sleep", "30"], name=f"j{i}_{k}") for k in range(2)]
+                for future in futures:
+                    assert future.cancel()
+
+                def leave():
+                    if how == "with":
+                        with executor:
+                            pass
+                    else:
+                        executor.shutdown()
+
+                assert _in_thread(leave, 15), f"round {i}: {how} hung after cancel()"
+                assert all(f.cancelled() for f in futures)
+            assert proc.wait(10) == 0
+            assert executor.finished
+        finally:
+            if proc.poll() is None:
+                kill_tree(proc.pid)
+
+
+def test_shutdown_without_wait_cancels_what_is_left(tmp_path_factory, no_outer_service):
+    executor = Executor(wd=str(tmp_path_factory.mktemp("nowait")), resources="1")
+    proc = executor.qcgpj_manager.process
+    try:
+        running = executor.submit(["sleep", "30"], name="nw_run")
+        queued = executor.submit(["sleep", "30"], name="nw_queued")
+        assert wait_for(running.running, 5)
+        t0 = time.monotonic()
+        assert _in_thread(lambda: executor.shutdown(wait=False), 15)
+        assert time.monotonic() - t0 < 5
+        assert running.cancelled() and queued.cancelled()
+        with pytest.raises(concurrent.futures.CancelledError):
+            running.result(timeout=1)
+        assert proc.wait(10) == 0
+        executor.shutdown()  # a second call does nothing
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+
+
+def test_service_death_fails_the_futures(tmp_path_factory, no_outer_service):
+    from qcg_hier.api import ServiceError
+    executor = Executor(wd=str(tmp_path_factory.mktemp("death")), resources="1")
+    proc = executor.qcgpj_manager.process
+    try:
+        future = executor.submit(["sleep", "30"], name="orphan")
+        assert wait_for(future.running, 5)
+        kill_tree(proc.pid)
+        with pytest.raises(ServiceError):
+            future.result(timeout=10)
+        assert _in_thread(executor.shutdown, 10)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+
+
+def test_upstream_positional_signature_and_attributes(tmp_path_factory, no_outer_service):
+    # upstream: QCGPJExecutor(wd=".", resources=None, reserve_core=False, enable_rt_stats=False,
+    #                         wrapper_rt_stats=None, log_level='info', *other_args)
+    wd = tmp_path_factory.mktemp("positional")
+    executor = Executor(str(wd), "3", False, False, None, "WARNING")  # upstream takes the level in any case
+    proc = executor.qcgpj_manager.process
+    try:
+        assert executor.qcgpj_manager.resources()["total_cores"] == 3
+        future = executor.submit(BasicTemplate.template, name="pos", exec="/bin/true")
+        assert future.ids == ["pos"] and future.qcgpjm is executor.qcgpj_manager
+        assert future.result(timeout=20) == {"pos": "SUCCEED"}
+        assert not executor.finished
+        executor.shutdown()
+        assert executor.finished and proc.wait(10) == 0
     finally:
         if proc.poll() is None:
             kill_tree(proc.pid)

@@ -114,6 +114,11 @@ class Manager:
                 self._sub.setsockopt(zmq.SUBSCRIBE, topic)
             self._sub.connect(self.pub_address)
 
+    def subscribe(self, topic: str) -> None:
+        """Also receive this status topic (IST, JST: state changes) on the event socket, if any."""
+        if self._sub is not None:
+            self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+
     def _send(self, request: dict, timeout: float | None = None) -> dict:
         timeout = self.request_timeout if timeout is None else timeout
         with self._lock:

@@ -285,6 +285,13 @@ def _parse_model_opts(value, job) -> tuple:
                   else _string_list(v, job, f"execution.model_opts.{key}")) for key, v in value.items())
 
 
+def _parse_venv(value, job) -> str | None:
+    """An empty (or blank) venv means no venv, as upstream: EasyVVUQ's templates default it to ''."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return _string(value, job, "execution.venv")
+
+
 # one parser per execution field: a description is walked by the keys it has, not probed for all
 _EXEC_FIELDS = {
     "exec": lambda v, job: _string(v, job, "execution.exec"),
@@ -295,7 +302,8 @@ _EXEC_FIELDS = {
     "model": _parse_model,
     "model_opts": _parse_model_opts,
     **{key: (lambda k: lambda v, job: _string(v, job, f"execution.{k}"))(key)
-       for key in ("wd", "stdin", "stdout", "stderr", "venv")},
+       for key in ("wd", "stdin", "stdout", "stderr")},
+    "venv": _parse_venv,
 }
 
 
