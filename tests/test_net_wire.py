@@ -640,3 +640,30 @@ def _timed(call) -> float:
     t0 = time.monotonic()
     call()
     return time.monotonic() - t0
+
+
+@pytest.mark.parametrize("name, words", [
+    ("../../outside", "control character or '/'"),
+    ("a/b", "control character or '/'"),
+    ("nul\x00byte", "control character or '/'"),
+    ("bell\x07", "control character or '/'"),
+    ("n" * 513, "at most 512 bytes, this one has 513"),
+    ("é" * 257, "at most 512 bytes, this one has 514"),
+    ("x" * (1 << 20), "at most 512 bytes"),
+], ids=["dotdot-slash", "slash", "nul", "control", "513-bytes", "multibyte", "1MB"])
+def test_unsafe_job_names_are_refused_clearly(open_svc, name, words):
+    reply = open_svc.request({"request": "submit", "jobs": [
+        {"name": "fine_companion", "execution": {"exec": "/bin/true"}},
+        {"name": name, "execution": {"exec": "/bin/true"}, "resources": {"numNodes": {"exact": 1}}}]})
+    assert_error(reply, "Wrong submit request", words)
+    assert len(reply["message"]) < 400  # the name is cut in the message, never echoed whole
+    assert_still_serving(open_svc)
+    assert "fine_companion" not in open_svc.data({"request": "listJobs"})["jobs"]  # all or nothing
+
+
+def test_a_512_byte_name_is_accepted(open_svc):
+    name = "m" * 512
+    assert open_svc.request({"request": "submit", "jobs": [{"name": name, "execution": {"exec": "/bin/true"}}]})[
+        "code"] == 0
+    assert wait_for(lambda: open_svc.data({"request": "jobStatus", "jobNames": [name]})["jobs"][name]["data"]
+                    ["status"] == "SUCCEED", 10)

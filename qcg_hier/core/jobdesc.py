@@ -17,6 +17,8 @@ from .walltime import parse_walltime
 MODELS = ("default", "threads", "openmpi", "intelmpi", "srunmpi")
 ITERATION_SCHEDULERS = ("maximum-iters", "split-into")
 _BAD_NAME_CHARS = re.compile(r"[$:{}()'\"\s]")
+_UNSAFE_NAME_CHARS = re.compile(r"[\x00-\x1f\x7f/]")
+MAX_NAME_BYTES = 512
 
 _JOB_KEYS = {"name", "execution", "resources", "iteration", "dependencies", "attributes"}
 _EXEC_KEYS = {"exec", "args", "script", "env", "wd", "stdin", "stdout", "stderr", "modules", "venv", "model",
@@ -256,8 +258,17 @@ def _positive_int(value, job, field, minimum=1) -> int:
 
 # ---------------------------------------------------------------- parsing
 def check_job_name(name, job=None) -> str:
+    """Upstream's characters, and what names files: at most MAX_NAME_BYTES, no control character,
+    no '/' (a name with '..' and '/' put a hostfile outside the working directory)."""
     if not isinstance(name, str) or not name:
         raise JobDescriptionError(job, "name", "missing or empty job name")
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        raise JobDescriptionError(f"{name[:40]}...", "name",
+                                  f"a job name may have at most {MAX_NAME_BYTES} bytes, this one has {size}")
+    if _UNSAFE_NAME_CHARS.search(name):
+        raise JobDescriptionError(ascii(name)[1:-1][:80], "name",
+                                  "job name contains a control character or '/' (not allowed in names)")
     if _BAD_NAME_CHARS.search(name):
         raise JobDescriptionError(name, "name",
                                   "job name contains invalid characters or unknown variables "
