@@ -266,13 +266,13 @@ def check_job_name(name, job=None) -> str:
     if size > MAX_NAME_BYTES:
         raise JobDescriptionError(f"{name[:40]}...", "name",
                                   f"a job name may have at most {MAX_NAME_BYTES} bytes, this one has {size}")
-    if _UNSAFE_NAME_CHARS.search(name):
-        raise JobDescriptionError(ascii(name)[1:-1][:80], "name",
-                                  "job name contains a control character or '/' (not allowed in names)")
     if _BAD_NAME_CHARS.search(name):
         raise JobDescriptionError(name, "name",
                                   "job name contains invalid characters or unknown variables "
                                   "(not allowed: whitespace and $ : { } ( ) ' \")")
+    if _UNSAFE_NAME_CHARS.search(name):
+        raise JobDescriptionError(ascii(name)[1:-1][:80], "name",
+                                  "job name contains a control character or '/' (not allowed in names)")
     return name
 
 
