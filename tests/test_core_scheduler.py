@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from qcg_hier.core.errors import JobDescriptionError, SubmitError, UnknownJobError
-from qcg_hier.core.job import Job, Outcome
+from qcg_hier.core.job import IterStates, Job, Outcome
 from qcg_hier.core.jobdesc import parse_job
 from qcg_hier.core.nodespec import parse_nodes_option
 from qcg_hier.core.resources import ResourcePool
@@ -68,6 +68,13 @@ def check(s: Scheduler) -> None:
         not_started = j.total - finished - len(j.running)
         assert not_started >= 0
         it_recount[CODE_OF[Q]] += not_started
+        states = j.it_states
+        if isinstance(states, IterStates):  # a large job: its compact states, recounted from their structure
+            states.validate()
+            tally = states.tally()
+            for code in _FINAL_CODES:
+                assert tally[code] == counts[code], (j.name, STATE_CODES[code], tally, counts)
+            assert tally[CODE_OF[Q]] == j.total - finished, (j.name, tally, finished)
         if j.total <= 2000 and id(j) not in verified:
             per_it = [0] * len(STATE_CODES)
             for i in range(j.start, j.stop):
@@ -1074,6 +1081,186 @@ def test_memory_of_ten_million_iterations():
         tracemalloc.stop()
     assert peak < 5 * 1024 * 1024, peak
     assert sim.s.it_counts[Q] == 10 ** 7
+
+
+# ---------------------------------------------------------------- 10^12 iterations cost what 10 cost
+def _held(scenario, n):
+    """(memory held after, peak during) `scenario(sim, n)` on a fresh 4-core Sim, from tracemalloc."""
+    sim = Sim("4")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        scenario(sim, n)
+        gc.collect()
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return sim, after - before, peak - before
+
+
+def _compare(scenario, small, large=10 ** 12, held_limit=24 * 1024, peak_limit=256 * 1024):
+    sim_s, held_s, peak_s = _held(scenario, small)
+    sim_l, held_l, peak_l = _held(scenario, large)
+    assert held_l - held_s < held_limit, (held_s, held_l)
+    assert peak_l - peak_s < peak_limit, (peak_s, peak_l)
+    return sim_s, sim_l
+
+
+def _run_few_then_cancel(sim, n):
+    sim.submit(spec("big", its=n))
+    tasks = sim.schedule()
+    assert len(tasks) == 4
+    sim.finish(tasks[0])
+    sim.finish(tasks[1], rc=1)
+    assert len(sim.schedule()) == 2  # iterations 4 and 5
+    kills = sim.s.cancel("big", sim.tick())
+    assert len(kills) == 4
+    for task in kills:
+        sim.finish(task, rc=-15)
+
+
+def test_memory_of_a_job_of_10_12_iterations_run_a_little_then_cancelled():
+    for sim, n in zip(_compare(_run_few_then_cancel, 10), (10, 10 ** 12)):
+        big = sim.job("big")
+        assert big.state is CANC and sim.s.all_finished()
+        assert big.counts[CODE_OF[OK]] == 1 and big.counts[CODE_OF[FAIL]] == 1
+        assert big.counts[CODE_OF[CANC]] == n - 2 and sim.s.it_counts[CANC] == n - 2
+        assert sim.s.it_counts[Q] == sim.s.it_counts[EXE] == 0 and sum(sim.s.it_counts.values()) == n
+        assert [big.iteration_state(i) for i in range(7)] == [OK, FAIL, CANC, CANC, CANC, CANC, CANC]
+        assert big.iteration_state(n - 1) is CANC and big.iteration_state(n // 2) is CANC
+        assert len(big.records) == 6  # the iterations that ran; the others ended in bulk
+        check(sim.s)
+
+
+def test_a_job_of_10_12_iterations_is_queued_until_its_iterations_run():
+    sim = Sim("4")
+    sim.submit(spec("big", its=10 ** 12))
+    big = sim.job("big")
+    assert big.it_states is None and big.iteration_state(10 ** 12 - 1) is Q
+    tasks = sim.schedule()
+    sim.finish(tasks[2])  # out of order
+    assert big.iteration_state(2) is OK and big.iteration_state(0) is EXE and big.iteration_state(10 ** 11) is Q
+    with pytest.raises(UnknownJobError, match="already finished"):
+        sim.s.cancel("big:2", sim.tick())
+    sim.s.cancel("big:700000000000", sim.tick())  # one far ahead: no page of its own
+    assert big.iteration_state(7 * 10 ** 11) is CANC and big.iteration_state(7 * 10 ** 11 + 1) is Q
+    assert len(big.it_states.pages) == 1
+    check(sim.s)
+    sim.schedule()
+    for task in sim.running():
+        sim.finish(task)
+    for task in sim.schedule():
+        sim.finish(task)
+    assert big.counts[CODE_OF[OK]] == 9 and big.counts[CODE_OF[CANC]] == 1
+    sim.s.cancel("big", sim.tick())
+    assert big.state is CANC and big.counts[CODE_OF[CANC]] == 10 ** 12 - 9
+    assert big.iteration_state(7 * 10 ** 11) is CANC and big.iteration_state(8) is OK
+    assert big.iteration_state(9) is CANC and big.iteration_state(10 ** 12 - 1) is CANC
+    assert sim.s.it_counts[CANC] == 10 ** 12 - 9 and sim.s.it_counts[OK] == 9
+    check(sim.s)
+
+
+def test_a_large_job_that_ended_keeps_runs_not_arrays():
+    from qcg_hier.core.job import PAGE
+    sim = Sim("8")
+    n = 5 * PAGE + 7
+    sim.submit(spec("big", its=n))
+    s, rng = sim.s, random.Random(4)
+    tasks = s.schedule(1.0)
+    while tasks:
+        s.executing(tasks, 1.0)
+        rng.shuffle(tasks)
+        for task in tasks:
+            s.finish(task.tid, Outcome(rc=0 if task.it != 3 * PAGE + 5 else 1), 2.0)
+        tasks = s.schedule(3.0)
+    check(s)
+    states = sim.job("big").it_states
+    assert sim.job("big").state is FAIL
+    assert list(states.pages) == [3] and states.run_ends == [6] and not states.open  # the page where one failed
+
+
+def _omitted_after_failed_dependency(sim, n):
+    sim.submit(spec("dep"), spec("big", its=n, after="dep"))
+    (task,) = sim.schedule()
+    sim.finish(task, rc=1)
+
+
+def test_memory_of_a_job_of_10_12_iterations_omitted_by_a_failed_dependency():
+    for sim, n in zip(_compare(_omitted_after_failed_dependency, 10), (10, 10 ** 12)):
+        big = sim.job("big")
+        assert big.state is OMIT and sim.s.all_finished()
+        assert big.counts[CODE_OF[OMIT]] == n and sim.s.it_counts[OMIT] == n and sim.s.it_counts[Q] == 0
+        assert big.iteration_state(0) is OMIT and big.iteration_state(n - 1) is OMIT
+        assert big.messages == ["dependency dep ended FAILED"]
+        check(sim.s)
+
+
+def _per_iteration_dependencies(sim, n):
+    """b:i waits for a:i; a:1 fails (b:1 is OMITTED), then both are cancelled."""
+    sim.submit(spec("a", cores=3, its=n), spec("b", its=n, after="a:${it}"))
+    assert sim.labels(sim.schedule()) == ["a:0"]
+    sim.finish(sim.running()[0])
+    a1, b0 = sim.schedule()
+    assert sim.labels([a1, b0]) == ["a:1", "b:0"]
+    sim.finish(b0)
+    sim.finish(a1, rc=1)
+    assert sim.labels(sim.schedule()) == ["a:2"]
+    sim.s.drain_events()
+    for name in ("b", "a"):
+        for task in sim.s.cancel(name, sim.tick()):
+            sim.finish(task, rc=-15)
+    sim.s.drain_events()
+
+
+def test_memory_of_jobs_of_10_12_iterations_with_per_iteration_dependencies():
+    # the dependent job resolves DEP_WINDOW iterations ahead (and cancels them one by one): 10^4 has as many
+    for sim, n in zip(_compare(_per_iteration_dependencies, 10 ** 4), (10 ** 4, 10 ** 12)):
+        a, b = sim.job("a"), sim.job("b")
+        assert a.state is CANC and b.state is CANC and sim.s.all_finished()
+        assert [a.iteration_state(i) for i in range(4)] == [OK, FAIL, CANC, CANC]
+        assert [b.iteration_state(i) for i in range(3)] == [OK, OMIT, CANC]
+        assert a.iteration_state(n - 1) is CANC and b.iteration_state(n - 1) is CANC
+        assert b.counts[CODE_OF[OMIT]] == 1 and b.counts[CODE_OF[CANC]] == n - 2
+        assert sim.s.it_counts[CANC] == 2 * n - 4 and not sim.s._waiters
+        check(sim.s)
+
+
+def test_a_job_of_10_12_iterations_that_no_longer_fits_fails_in_bulk():
+    sim = Sim("a:2,b:1")
+    sim.submit(spec("big", cores=2, its=10 ** 12))
+    (task,) = sim.schedule()
+    sim.finish(task)
+    sim.schedule()
+    lost = sim.s.node_lost(sim.pool.by_name["a"], sim.tick())
+    assert len(lost) == 1
+    big = sim.job("big")
+    assert big.state is FAIL and big.counts[CODE_OF[FAIL]] == 10 ** 12 - 1 and big.iteration_state(1) is FAIL
+    assert len(big.it_states.pages) <= 1
+    check(sim.s)
+
+
+def test_journal_replay_of_a_job_of_10_12_iterations():
+    sim = Sim("4")
+    sim.submit(spec("big", its=10 ** 12), spec("w", after="big:5000000"))
+    big = sim.job("big")
+    sim.s.restore_final("big", [[0, 4 * 10 ** 6 + 3]], OK, sim.tick())  # continues the prefix: in bulk
+    sim.s.restore_final("big", [[4 * 10 ** 6 + 3, 6 * 10 ** 6]], FAIL, sim.tick())
+    sim.s.restore_final("big", [[9 * 10 ** 11, 9 * 10 ** 11 + 2]], CANC, sim.tick())  # out of order
+    check(sim.s)
+    assert sim.job("w").state is OMIT  # big:5000000 ended FAILED
+    assert big.counts[CODE_OF[OK]] == 4 * 10 ** 6 + 3 and big.counts[CODE_OF[FAIL]] == 2 * 10 ** 6 - 3
+    assert big.iteration_state(4 * 10 ** 6 + 2) is OK and big.iteration_state(4 * 10 ** 6 + 3) is FAIL
+    assert big.iteration_state(9 * 10 ** 11 + 1) is CANC and big.iteration_state(9 * 10 ** 11 + 2) is Q
+    assert len(big.it_states.pages) <= 2 and sum(len(p) for p in big.it_states.pages.values()) <= 8192
+    assert [t.it for t in sim.schedule()] == [6 * 10 ** 6 + i for i in range(4)]
+    sim.s.cancel("big", sim.tick())
+    for task in sim.running():
+        sim.finish(task, rc=-15)
+    assert big.state is CANC and big.iteration_state(10 ** 12 - 1) is CANC
+    assert big.counts[CODE_OF[CANC]] == 10 ** 12 - 6 * 10 ** 6
+    check(sim.s)
 
 
 def _gate_sim(n):

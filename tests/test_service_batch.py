@@ -431,6 +431,93 @@ def test_ten_million_iterations_cancelled_at_once(tmp_path):
     assert run.elapsed < 6, f"the run took {run.elapsed:.1f} s"
 
 
+class _PeakRss:
+    """The peak RSS (VmHWM, KiB) of the service running in `wd`, read from /proc while it runs."""
+
+    def __init__(self, wd: Path):
+        import threading
+        self.wd, self.kib, self.pid = str(wd), 0, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        import psutil
+        while not self._stop.is_set():
+            if self.pid is None:
+                for proc in psutil.process_iter(["cmdline"]):
+                    argv = proc.info["cmdline"] or []
+                    if "--file-path" in argv and self.wd in argv:
+                        self.pid = proc.pid
+                        break
+            if self.pid is not None:
+                try:
+                    with open(f"/proc/{self.pid}/status") as f:
+                        for line in f:
+                            if line.startswith("VmHWM:"):
+                                self.kib = max(self.kib, int(line.split()[1]))
+                except OSError:
+                    pass
+            self._stop.wait(0.01)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.kib
+
+
+def test_a_job_of_10_12_iterations_costs_no_memory_per_iteration(tmp_path):
+    """10^12 iterations: a few end, then the job is cancelled (in bulk); another is OMITTED at once.
+    The service stays small (its per-iteration states cost memory only where iterations ended)."""
+    n = 10 ** 12
+    wd = tmp_path / "wd"
+    requests = [
+        {"request": "submit", "jobs": [{"name": "huge", "iteration": {"stop": n}, "execution": TRUE}]},
+        # one turn of the loop each: the fake launch ends a few iterations meanwhile
+        *[{"request": "jobStatus", "jobNames": ["huge"]} for _ in range(10)],
+        {"request": "cancelJob", "jobNames": ["huge"]},
+        {"request": "jobInfo", "jobNames": ["huge"], "params": {"withChilds": True}},
+        {"request": "jobStatus", "jobNames": ["huge:0", f"huge:{n - 1}"]},
+        {"request": "submit", "jobs": [{"name": "omitted", "iteration": {"stop": n}, "execution": TRUE,
+                                        "dependencies": {"after": ["no-such-job"]}}]},
+        {"request": "jobInfo", "jobNames": ["omitted", f"omitted:{n // 2}"]},
+        {"request": "control", "command": "finishAfterAllTasksDone"},
+    ]
+    watch = _PeakRss(wd)
+    try:
+        run = run_service(wd, requests, nodes="4", args=["--fake-launch"], timeout=60)
+    finally:
+        peak_kib = watch.stop()
+    assert watch.pid is not None and peak_kib > 0
+    assert peak_kib < 200 * 1024, f"the service's peak RSS was {peak_kib / 1024:.0f} MiB"
+    assert _ok(run.reply(1))["data"]["submitted"] == 1
+    assert _ok(run.reply(12))["data"]["canceled"] == 1
+    info = _ok(run.reply(13))["data"]["jobs"]["huge"]["data"]
+    assert info["status"] == "CANCELED"
+    its = info["iterations"]
+    done = its["total"] - its["failed"]  # the iterations that ran (SUCCEED); the others were cancelled
+    assert its["start"] == 0 and its["stop"] == n and its["total"] == its["finished"] == n and 4 <= done < 10 ** 5
+    childs = info["childs"]
+    assert len(childs) == 100_000 and [c["iteration"] for c in childs[:3]] == [0, 1, 2]
+    assert [c["state"] for c in childs] == ["SUCCEED"] * done + ["CANCELED"] * (100_000 - done)
+    assert childs[0]["runtime"]["exit_code"] == "0" and "runtime" not in childs[-1]
+    statuses = _ok(run.reply(14))["data"]["jobs"]
+    assert statuses["huge:0"]["data"]["status"] == "SUCCEED"
+    assert statuses[f"huge:{n - 1}"]["data"]["status"] == "CANCELED"
+    omitted = _ok(run.reply(16))["data"]["jobs"]
+    assert omitted["omitted"]["data"]["status"] == "OMITTED"
+    assert omitted["omitted"]["data"]["iterations"]["finished"] == n
+    assert omitted[f"omitted:{n // 2}"]["data"]["status"] == "OMITTED"
+    report = run.report()
+    assert report["huge"]["state"] == "CANCELED" and report["omitted"]["state"] == "OMITTED"
+    assert len(iterations_of(report, "huge")) == done  # only what ran is reported one by one
+    assert all(e["state"] == "SUCCEED" for e in iterations_of(report, "huge").values())
+    stats = run.final_status()["IterationStats"]
+    assert stats["TotalIterations"] == 2 * n and stats["InScheduleIterations"] == 0
+    assert stats["FailedIterations"] == n and stats["FinishedIterations"] == n  # OMITTED; SUCCEED + CANCELED
+    assert run.elapsed < 20, f"the run took {run.elapsed:.1f} s"
+
+
 # ================================================================ starvation
 def test_wide_job_is_not_starved_by_later_iterations(tmp_path):
     sleep = {"exec": "sleep", "args": ["0.05"]}

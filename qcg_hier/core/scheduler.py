@@ -22,7 +22,7 @@ from collections import deque
 
 from .errors import SubmitError, UnknownJobError
 from .iterschedulers import make_sizer
-from .job import NO_TASKS, Job, Outcome, Record, Task
+from .job import NO_TASKS, IterStates, Job, Outcome, Record, Task
 from .states import CODE_OF, STATE_CODES, JobState
 
 Q, SCH, EXE = JobState.QUEUED, JobState.SCHEDULED, JobState.EXECUTING
@@ -494,6 +494,8 @@ class Scheduler:
             else:
                 state = FAIL
         self._job_state(job, state, now)
+        if type(job.it_states) is IterStates:
+            job.it_states.compact()
         self.active_jobs -= 1
         if self.reserved is job:
             self.reserved = None
@@ -523,14 +525,9 @@ class Scheduler:
         skipped = [i for i in (job.skip or ()) if i >= lo]
         count = job.stop - lo - len(skipped)
         if count > 0:
-            # one slice assignment instead of a Python loop: a 10^7-iteration job cancels at once
-            if job.it_states is None:
-                job.it_states = bytearray(job.total)
-            states = job.it_states
-            kept = [(i, states[i - job.start]) for i in skipped]
-            states[lo - job.start:] = bytes([CODE_OF[state]]) * (job.stop - lo)
-            for i, code in kept:
-                states[i - job.start] = code
+            # no Python step per iteration: a 10^12-iteration job cancels at once, in no memory per
+            # iteration (those of `skipped` had ended: they keep their state)
+            job.set_final_from(lo, state)
             job.add_count(state, count)
             self.it_counts[Q] -= count
             self.it_counts[state] += count
@@ -696,7 +693,7 @@ class Scheduler:
     def restore_final(self, name: str, ranges, state: JobState, now: float) -> None:
         """Replaying a journal: iterations [a, b) of `name` already ended in `state` (they never start).
 
-        A range that continues the never-started prefix is taken in bulk (a slice of the state array),
+        A range that continues the never-started prefix is taken in bulk (`Job.set_final_range`),
         so restoring millions of finished iterations costs no per-iteration Python work."""
         job = self.jobs.get(name)
         if job is None or job.state.is_final:
@@ -709,15 +706,18 @@ class Scheduler:
                 job.next_it += 1
             if a < b and a == job.next_it and not job.it_deps and not job.requeue and not job.skip \
                     and not job.pending_deps:
-                if job.it_states is None:
-                    job.it_states = bytearray(job.total)
-                job.it_states[a - job.start:b - job.start] = bytes([CODE_OF[state]]) * (b - a)
+                job.set_final_range(a, b, state)
                 job.add_count(state, b - a)
                 self.it_counts[Q] -= b - a
                 self.it_counts[state] += b - a
                 job.next_it = b
                 if job.has_it_waiters:
-                    for it in range(a, b):
+                    if b - a > len(self._waiters):  # the waiting ones, not every iteration of the range
+                        its = sorted(k[1] for k in self._waiters if k[0] == job.name and k[1] is not None
+                                     and a <= k[1] < b)
+                    else:
+                        its = range(a, b)
+                    for it in its:
                         self._wake((job.name, it), state is OK, state, now)
                 if job.finished == job.total:
                     self._job_final(job, now)
