@@ -47,6 +47,32 @@ How it stays fast (a few tens of microseconds per task on top of the bare
 * a task is bound to its CPUs after the spawn (the agent itself never moves),
   and not at all when they are the agent's own set;
 * merged environments and PATH look-ups are cached.
+
+Nothing a task starts outlives it (see README, "No orphans"):
+
+* every task is spawned in its own process group, killed (SIGKILL) once its main process has
+  ended;
+* the agent is a child subreaper (``PR_SET_CHILD_SUBREAPER``): a process that left its task's
+  group (``setsid``, a double-forked daemon) and lost its parent becomes the agent's child, so
+  it never leaves the agent's process tree.  Every task's environment carries a marker of this
+  agent and the task, ``QCG_HIER_TASK_<agent id>=<n>`` (``/proc/<pid>/environ`` survives
+  ``setsid`` and ``exec``); an adopted process is killed, with its process group, when its task
+  ends;
+* the agent notices adoptions cheaply: after task ends (at most every
+  ``ORPHAN_CHECK_INTERVAL`` seconds, whatever the task rate), and every
+  ``ORPHAN_IDLE_INTERVAL`` seconds while tasks run, it reads the list of its own children
+  (``/proc/<pid>/task/<pid>/children``, one read) and compares its length with the number of
+  children it knows of; only a difference leads to reading the newcomers' environments.  An
+  adopted process without the marker (an emptied environment) belongs to the task whose process
+  group it is in, else to none known: it is then killed once every task that was running when
+  it was found has ended.  Adopted processes that end are reaped by the same ``wait4(-1)``;
+* on its own exit (told to, signal, parent death, manager lost) it kills its tasks and then
+  every child it has left, level by level, until only the watchdog remains;
+* the watchdog, forked at start, kills when the agent dies (``kill -9`` included) every task
+  process group and every process the agent had adopted, with all their descendants (whatever
+  group or session they moved to; the agent shares the adopted pids with it as it does the
+  groups), and then, in rounds, every process whose environment carries this agent's marker,
+  wherever the agent's death reparented it.
 """
 
 from __future__ import annotations
@@ -87,6 +113,19 @@ MAX_BATCH_SECONDS = 0.05
 REPORT_EVERY = 16
 # Default search path when the task environment has no PATH (glibc's _CS_PATH).
 DEFAULT_PATH = "/bin:/usr/bin"
+# After task ends, look for adopted processes (see Agent._check_orphans) at most this often.
+ORPHAN_CHECK_INTERVAL = 0.1
+# The same where the kernel cannot list a process's children (a /proc scan each time).
+ORPHAN_SCAN_INTERVAL = 1.0
+# While tasks run, look at least this often (a process adopted from a task that still runs).
+ORPHAN_IDLE_INTERVAL = 2.0
+# The variable that tells a task's processes, prefix of its name (the rest: the agent's id).
+MARK_PREFIX = "QCG_HIER_TASK_"
+# The watchdog's rounds of killing the marked processes when the agent is gone.
+WATCHDOG_ROUNDS = 20
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 # Signals whose "ignored" disposition must not leak from the (Python) agent
 # into tasks: Python ignores SIGPIPE and SIGXFSZ at start-up.
@@ -108,7 +147,8 @@ class LaunchError(Exception):
 
 class TaskGuard:
     """The process groups of the running tasks, in memory shared with the watchdog (see
-    _start_watchdog): slot i holds a group id or 0; slot 0 holds the highest slot ever used.
+    _start_watchdog): slot i holds a group id, or minus the pid of a process the agent adopted
+    (see Agent._adopt), or 0; slot 0 holds the highest slot ever used.
 
     Plain stores, no system call and no message: a pipe line per start and per end woke the
     watchdog twice per task, and on a small machine those wake-ups slowed every task start."""
@@ -143,9 +183,9 @@ class TaskGuard:
 
 
 class Task:
-    __slots__ = ("tid", "pid", "start", "wt", "grace", "reason", "alive", "slot")
+    __slots__ = ("tid", "pid", "start", "wt", "grace", "reason", "alive", "slot", "seq", "orphans")
 
-    def __init__(self, tid, pid, start, wt, grace):
+    def __init__(self, tid, pid, start, wt, grace, seq):
         self.tid = tid
         self.pid = pid
         self.start = start
@@ -154,6 +194,8 @@ class Task:
         self.reason = None
         self.alive = True
         self.slot = 0  # in the TaskGuard
+        self.seq = seq  # the value of the agent's marker variable in its environment
+        self.orphans = None  # pids of its processes adopted by the agent (a set), if any
 
 
 STDIO = "stdio"  # --manager stdio: the manager is our parent, over our stdin and stdout
@@ -308,6 +350,7 @@ class Agent:
         linger: int = 1000,
         detach_stdio: bool = False,
         initial_input: bytes = b"",
+        mark_name: str | None = None,
     ):
         self.address = address
         self.node = node
@@ -326,8 +369,22 @@ class Agent:
         self._env_cache: dict = {}
         self._which_cache: dict = {}
 
-        self.by_pid: dict[int, Task] = {}
+        self.by_pid: dict[int, Task] = {}  # in launch order
         self.guard = None  # a TaskGuard shared with the watchdog, when main() started one
+        # Escaped processes (see the module's docstring). Every task's environment gets
+        # mark_name=<its seq>; the agent is a subreaper only when main() made it one.
+        self.mark_name = mark_name or new_mark_name()
+        self.mark = self.mark_name.encode("ascii") + b"="
+        self._launches = 0  # the seq of the last task launched
+        self.subreaper = False
+        self.others: set[int] = set()  # children that are not tasks: the watchdog
+        self.adopted: dict[int, Task | None] = {}  # adopted pid -> its running task; None: killed
+        self.unknown: dict[int, int] = {}  # adopted pid of no known task -> _launches when found
+        self._slots: dict[int, int] = {}  # adopted pid -> its slot in the guard (as -pid)
+        self._check_at = 0.0  # when to look for adopted processes (monotonic; 0: not planned)
+        self._last_check = 0.0
+        self._check_interval = ORPHAN_CHECK_INTERVAL
+        self._children_path = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
         self.by_tid: dict = {}
         self.heap: list = []
         self._seq = 0
@@ -438,6 +495,7 @@ class Agent:
         SIG_BLOCK, SIG_UNBLOCK = signal.SIG_BLOCK, signal.SIG_UNBLOCK
         chld = (signal.SIGCHLD,)
         sigmask(SIG_BLOCK, chld)
+        subreaper = self.subreaper
 
         self.now = now = monotonic()
         self.last_recv = now
@@ -456,6 +514,11 @@ class Agent:
             deadline = min(self.last_send + hb, self.last_recv + mto)
             if heap and heap[0][0] < deadline:
                 deadline = heap[0][0]
+            if subreaper:
+                if not self._check_at and self.by_pid:
+                    self._check_at = self._last_check + max(ORPHAN_IDLE_INTERVAL, self._check_interval)
+                if self._check_at and self._check_at < deadline:
+                    deadline = self._check_at
             if self._backlog:
                 deadline = min(deadline, now + 0.05)
             timeout = int((deadline - monotonic()) * 1000.0 + 0.999)
@@ -543,6 +606,8 @@ class Agent:
             # ---- timers
             if heap and heap[0][0] <= now:
                 self._expire(now)
+            if self._check_at and self._check_at <= now:
+                self._check_orphans()
 
             if now - self.last_recv >= mto:
                 log.error("no message from the manager for %.1f s: killing tasks and exiting", now - self.last_recv)
@@ -744,9 +809,11 @@ class Agent:
             delta = spec.get("env")
             env = self._task_env(delta) if delta else self.base_env
             own = spec.get("tenv")
+            env = env.copy()
             if own:
-                env = env.copy()
                 env.update(own)
+            self._launches = seq = self._launches + 1
+            env[self.mark_name] = str(seq)  # tells this task's processes, even those that leave it
             prog = argv[0]
             searched = "/" not in prog
             if searched:
@@ -799,7 +866,7 @@ class Agent:
                     os.sched_setaffinity(pid, cpus)
                 except OSError:
                     pass  # already gone
-            task = Task(tid, pid, start, wt, grace)
+            task = Task(tid, pid, start, wt, grace, seq)
             if self.guard is not None:
                 task.slot = self.guard.add(pid)
             self.by_pid[pid] = task
@@ -825,12 +892,16 @@ class Agent:
 
     # ------------------------------------------------------------------ signals, timers
 
-    @staticmethod
-    def _signal(task, sig):
+    def _signal(self, task, sig):
         try:
             os.killpg(task.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+        if task.orphans is not None:  # its processes the agent adopted go the same way
+            adopted = self.adopted
+            for pid in task.orphans:
+                if adopted.get(pid) is task:
+                    _signal_escaped(pid, sig)
 
     def _cancel(self, tid, grace):
         task = self.by_tid.get(tid)
@@ -879,22 +950,27 @@ class Agent:
         now = time.time
         exitcode = os.waitstatus_to_exitcode
         guard = self.guard
+        ended = False
         while True:
             try:
                 pid, status, ru = wait4(-1, WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
+            task = by_pid.pop(pid, None)
+            if task is None:
+                self._reaped_other(pid)
+                continue
             end = now()
             # nothing of a finished task may survive: kill its process group
             try:
                 killpg(pid, SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-            task = by_pid.pop(pid, None)
-            if task is None:
-                continue
+            if task.orphans is not None:
+                self._end_orphans(task)
+            ended = True
             if guard is not None:
                 guard.remove(task.slot)
             del by_tid[task.tid]
@@ -905,9 +981,156 @@ class Agent:
                 err = f"wall time {task.wt:g}s exceeded: killed"
             out.append(["done", task.tid, pid, exitcode(status), task.start, end,
                         ru.ru_utime + ru.ru_stime, ru.ru_maxrss, reason, err])
+        if ended and self.subreaper:
+            # the processes of the ended tasks that had left their groups are our children now
+            self._check_soon()
+
+    def _check_soon(self):
+        """Plan a look for adopted processes: now, or as soon as the last one is far enough."""
+        due = self._last_check + self._check_interval
+        if due < self.now:
+            due = self.now
+        if not self._check_at or due < self._check_at:
+            self._check_at = due
+
+    def _reaped_other(self, pid):
+        """A child that was not a task has ended: an adopted process (reaped: no zombie), or the
+        watchdog."""
+        slot = self._slots.pop(pid, 0)
+        if slot:
+            self.guard.remove(slot)
+        if pid in self.adopted:
+            task = self.adopted.pop(pid)
+            if task is not None:
+                task.orphans.discard(pid)
+        elif pid in self.unknown:
+            del self.unknown[pid]
+        elif pid in self.others:
+            self.others.discard(pid)
+            log.warning("the watchdog (pid %d) has exited", pid)
+            return
+        if self.subreaper:
+            self._check_soon()  # a sign of adoptions; and its own children, if any, are ours now
+
+    def _end_orphans(self, task):
+        """Its task has ended: kill the processes of it that the agent adopted."""
+        adopted = self.adopted
+        for pid in task.orphans:
+            if adopted.get(pid) is task:
+                _kill_escaped(pid)
+                adopted[pid] = None  # until reaped
+        task.orphans = None
+
+    # ------------------------------------------------------------------ escaped processes
+
+    def _children(self) -> bytes:
+        """The agent's children (zombies included) as b"pid pid ... "."""
+        path = self._children_path
+        if path is not None:
+            try:
+                fd = os.open(path, _RFLAGS)
+            except FileNotFoundError:
+                log.warning("%s is missing (a kernel without CONFIG_PROC_CHILDREN): looking for "
+                            "adopted processes in /proc, at most every %g s", path, ORPHAN_SCAN_INTERVAL)
+                self._children_path = None
+                self._check_interval = ORPHAN_SCAN_INTERVAL
+            except OSError as e:  # out of descriptors, say: look again next time
+                log.warning("cannot read %s: %s", path, _why(e))
+                return b""
+            else:
+                try:
+                    data = b""
+                    while True:
+                        chunk = os.read(fd, 1 << 16)
+                        if not chunk:
+                            return data
+                        data += chunk
+                except OSError as e:
+                    log.warning("cannot read %s: %s", path, _why(e))
+                    return b""
+                finally:
+                    os.close(fd)
+        return _children_by_scan(os.getpid())
+
+    def _check_orphans(self):
+        """Look for the processes adopted since the last look (the agent is a subreaper: a process
+        that left its task's group becomes our child when its parent ends) and kill those whose
+        task has ended. One read of the list of our children, compared by length with the children
+        we know of; only newcomers cost more (their environment is read)."""
+        self._check_at = 0.0
+        self._last_check = self.now
+        by_pid, adopted, unknown, others = self.by_pid, self.adopted, self.unknown, self.others
+        data = self._children()
+        if data.count(b" ") != len(by_pid) + len(adopted) + len(unknown) + len(others):
+            new = [pid for pid in map(int, data.split())
+                   if pid not in by_pid and pid not in adopted and pid not in unknown and pid not in others]
+            if new:
+                self._adopt(new)
+        if unknown:
+            # of no known task: killed once every task that was running when it was found has ended
+            oldest = next(iter(by_pid.values())).seq if by_pid else self._launches + 1
+            for pid, launches in list(unknown.items()):
+                if launches < oldest:
+                    log.debug("killing adopted process %d (no task known)", pid)
+                    _kill_escaped(pid)
+                    del unknown[pid]
+                    adopted[pid] = None  # until reaped
+
+    def _adopt(self, pids):
+        """Tell the task of each newly adopted process: the marker in its environment, else its
+        process group; kill it at once when that task has ended."""
+        by_pid, adopted = self.by_pid, self.adopted
+        by_seq = None
+        for pid in pids:
+            value = _environ_value(pid, self.mark)
+            if value is not None:
+                if by_seq is None:
+                    by_seq = {t.seq: t for t in by_pid.values()}
+                try:
+                    task = by_seq.get(int(value))
+                except ValueError:
+                    task = None
+                if task is None:
+                    log.debug("killing adopted process %d: its task has ended", pid)
+                    _kill_escaped(pid)
+                    adopted[pid] = None  # until reaped
+                    continue
+            else:  # an emptied or unreadable environment (or a zombie)
+                try:
+                    task = by_pid.get(os.getpgid(pid))
+                except OSError:
+                    task = None
+                if task is None:
+                    self.unknown[pid] = self._launches
+            if task is not None:
+                adopted[pid] = task
+                if task.orphans is None:
+                    task.orphans = set()
+                task.orphans.add(pid)
+            if self.guard is not None:
+                # the watchdog kills it and its descendants if the agent dies: they will have lost
+                # their links to the tasks, and the descendants perhaps the marker
+                self._slots[pid] = self.guard.add(-pid)
+
+    def _sweep(self, deadline):
+        """Kill every child of the agent but the watchdog until none is left: what the tasks left
+        behind (adopted processes, and those that they leave in turn) dies level by level."""
+        others = self.others
+        while True:
+            pids = [pid for pid in map(int, self._children().split()) if pid not in others]
+            if not pids:
+                return
+            for pid in pids:
+                _kill_escaped(pid)
+            time.sleep(0.002)
+            self._reap([])
+            if time.monotonic() > deadline:
+                log.warning("processes %s left by tasks still run after SIGKILL", pids[:20])
+                return
 
     def _kill_all(self, out):
-        """SIGKILL every running task group, reap them and report them as canceled."""
+        """SIGKILL every running task group and adopted process, reap them and report the tasks as
+        canceled; then kill whatever of theirs is left (see _sweep)."""
         by_pid = self.by_pid
         for task in list(by_pid.values()):
             if task.reason is None:
@@ -927,6 +1150,8 @@ class Agent:
                 self.by_tid.clear()
                 break
             time.sleep(0.002)
+        if self.subreaper:
+            self._sweep(deadline)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -943,14 +1168,124 @@ def _ensure_std_fds():
                 os.close(nfd)
 
 
-def _set_parent_death_signal(sig=signal.SIGTERM):
+def _prctl(option: int, value: int) -> None:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+    if libc.prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _set_parent_death_signal(sig=signal.SIGTERM):
+    _prctl(PR_SET_PDEATHSIG, int(sig))
+
+
+def _set_child_subreaper() -> None:
+    """Orphaned descendants are reparented to us, not to init: nothing a task starts leaves our
+    process tree while we live."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def new_mark_name() -> str:
+    """The name of an agent's marker variable: unique on the node (the pid, and random bits against
+    its reuse), a valid environment variable name."""
+    return f"{MARK_PREFIX}{os.getpid():x}_{os.urandom(4).hex()}"
+
+
+def _signal_escaped(pid: int, sig) -> None:
+    """Signal a process that left its task's group, and its own process group when it leads one
+    (setsid): only our own descendants can be in a group that one of them created."""
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        pass
+    try:
+        os.kill(pid, sig)
+    except OSError:
+        pass
+
+
+def _kill_escaped(pid: int) -> None:
+    _signal_escaped(pid, signal.SIGKILL)
+
+
+def _environ_value(pid: int, mark: bytes):
+    """The value of the variable `mark` (b"NAME=") in the environment of process `pid` (bytes), or
+    None: not there, or not readable."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if data.startswith(mark):
+        i = len(mark)
+    else:
+        i = data.find(b"\0" + mark)
+        if i < 0:
+            return None
+        i += len(mark) + 1
+    j = data.find(b"\0", i)
+    return data[i:] if j < 0 else data[i:j]
+
+
+def _process_table() -> list:
+    """(pid, parent pid, process group) of every process, from /proc/<pid>/stat."""
+    table = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+                fields = stat[stat.rindex(b")") + 2:].split(None, 3)  # state, ppid, pgrp, ...
+                table.append((int(name), int(fields[1]), int(fields[2])))
+            except (OSError, ValueError, IndexError):
+                pass
+    return table
+
+
+def _children_by_scan(ppid: int) -> bytes:
+    """The children of `ppid` as b"pid pid ... ", from a scan of /proc (slow: only where the kernel
+    offers no list of a process's children)."""
+    return b"".join(b"%d " % pid for pid, parent, _ in _process_table() if parent == ppid)
+
+
+def _descendants(roots: set, groups: set) -> set:
+    """The members of process groups `groups`, the processes `roots`, and all their descendants
+    (whatever group or session they moved to)."""
+    table = _process_table()
+    children: dict = {}
+    found = set()
+    for pid, parent, pgrp in table:
+        children.setdefault(parent, []).append(pid)
+        if pgrp in groups or pid in roots:
+            found.add(pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _kill_marked(mark: bytes, me: int) -> int:
+    """SIGKILL every process (and the process group it leads) whose environment holds the variable
+    `mark` (b"NAME="); returns how many were found."""
+    inner = b"\0" + mark
+    found = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue  # gone, or not ours (a zombie or a kernel thread reads as empty)
+        if data.startswith(mark) or inner in data:
+            _kill_escaped(int(name))
+            found += 1
+    return found
 
 
 def _normalize_address(address: str) -> str:
@@ -1030,16 +1365,20 @@ def _private_stderr():
     return stream
 
 
-def _start_watchdog(guard: TaskGuard) -> int:
-    """Fork, before anything else is set up, a small process that kills every task process
-    group in `guard` (memory it shares with the agent) if the agent itself disappears (kill -9
-    included): it sleeps on a pipe whose only writer is the agent, and end of file means the
-    agent is gone. Returns the pipe's write end, which the agent just keeps open."""
+def _start_watchdog(guard: TaskGuard, mark_name: str) -> int:
+    """Fork, before anything else is set up, a small process that cleans up when the agent itself
+    disappears (kill -9 included): it sleeps on a pipe whose only writer is the agent, and end of
+    file means the agent is gone. It then kills every task process group in `guard` (memory it
+    shares with the agent) and every process whose environment carries the agent's marker
+    `mark_name` (the tasks' processes that left their groups: the agent's death reparented them
+    to some other process, so only their environment tells them), in rounds until none is left.
+    Returns its pid; the agent just keeps the pipe's write end open."""
+    mark = mark_name.encode("ascii") + b"="
     read_fd, write_fd = os.pipe()  # both close-on-exec: tasks do not inherit them
     pid = os.fork()
     if pid:
         os.close(read_fd)
-        return write_fd
+        return pid
     try:
         os.close(write_fd)
         os.setsid()  # signals aimed at the agent's group must not take the watchdog first
@@ -1047,11 +1386,23 @@ def _start_watchdog(guard: TaskGuard) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         while os.read(read_fd, 4096):
             pass
-        for pgid in guard.live():
+        live = guard.live()
+        groups = {v for v in live if v > 0}
+        adopted = {-v for v in live if v < 0}  # processes the agent adopted from running tasks
+        # the tasks still link their descendants that left their groups: kill them all at once, before
+        # the deaths of their parents scatter them
+        me = os.getpid()
+        for pid in (_descendants(adopted, groups) - {me}) if live else ():
+            _kill_escaped(pid)
+        for pgid in groups:
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except OSError:
                 pass
+        for _ in range(WATCHDOG_ROUNDS):
+            if not _kill_marked(mark, me):
+                break
+            time.sleep(0.01)  # a process that forked as it was killed: its child, next round
     finally:
         os._exit(0)
 
@@ -1121,7 +1472,9 @@ def main(argv=None) -> int:
         return EXIT_USAGE
 
     guard = TaskGuard()
-    _start_watchdog(guard)  # its pipe stays open in the agent: the pipe's end is the agent's death
+    mark_name = new_mark_name()
+    # its pipe stays open in the agent: the pipe's end is the agent's death
+    watchdog = _start_watchdog(guard, mark_name)
     agent = Agent(
         _normalize_address(args.manager),
         args.node,
@@ -1132,6 +1485,14 @@ def main(argv=None) -> int:
         curve_secret_key=sec,
         detach_stdio=True,
         initial_input=initial_input,
+        mark_name=mark_name,
     )
     agent.guard = guard
+    agent.others.add(watchdog)
+    try:
+        _set_child_subreaper()
+        agent.subreaper = True
+    except OSError as e:
+        log.warning("cannot become a child subreaper (%s): processes that leave their task's process group "
+                    "are killed only when the agent ends", e)
     return agent.run()

@@ -21,9 +21,10 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from conftest import states
+from conftest import states, wait_for
 from slurm_helpers import (NODE_NAMES, alloc_nodes, clean_env, describe, env_file, finish_salloc, first_node,
                            salloc_service, slurm_cluster, start_salloc_service)  # noqa: F401 (fixture)
+from test_escapes import marked, new_marker, setsid_escape
 from qcg_hier.core.errors import ResourceSpecError
 from qcg_hier.core.nodespec import NodeSpec
 from qcg_hier.launch import models, slurm
@@ -373,6 +374,44 @@ def test_lost_agent_tasks_are_requeued(slurm_cluster, tmp_path):
     assert retried, "no iteration was retried"
     assert re.search(rf"agent {victim} lost \(silent for", run.log_text), describe(run)
     assert re.search(rf"node {victim} lost: [1-9]\d* running tasks re-queued", run.log_text)
+
+
+@pytest.mark.parametrize("how", ["scancel", "kill-9-service"])
+def test_escaped_processes_do_not_outlive_their_task_or_the_allocation(slurm_cluster, tmp_path, how):
+    """A task's process that left its process group (setsid) dies at its task's end; that of a
+    running task dies with the allocation: on scancel, or when the service is killed with -9 (salloc
+    then gives the allocation up)."""
+    ends, runs = new_marker(), new_marker()
+    wd = tmp_path / "wd"
+    jobs = [{"name": "ends", "execution": {"script": f"{setsid_escape(ends)}; touch ended"}},
+            {"name": "runs", "execution": {"script": f"{setsid_escape(runs)}; touch running; sleep 100"}}]
+    run = start_salloc_service(wd, [{"request": "submit", "jobs": jobs}])
+    try:
+        started = wait_for(lambda: ((wd / "ended").exists() and (wd / "running").exists())
+                           or run.proc.poll() is not None, 40)
+        assert started and run.proc.poll() is None, f"the tasks did not start\n{describe(run)}"
+        assert wait_for(lambda: not marked(ends), 5), "a setsid process outlived its task"
+        assert marked(runs), "the running task's setsid process is gone early"
+        t0 = time.monotonic()
+        if how == "scancel":
+            subprocess.run(["scancel", "--name", run.job_name], env=clean_env(), capture_output=True, timeout=30,
+                           check=True)
+        else:
+            service = [p for p in psutil.Process(run.proc.pid).children() if "--file-path" in p.cmdline()]
+            assert len(service) == 1, service
+            service[0].kill()
+        gone = wait_for(lambda: not marked(runs), 15)
+        took = time.monotonic() - t0
+    except BaseException:
+        finish_salloc(run, timeout=5, expect_rc=None)
+        raise
+    finally:
+        for proc in marked(ends, runs):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    finish_salloc(run, timeout=30, expect_rc=None)
+    assert gone, f"a running task's setsid process still ran 15 s after {how}"
+    print(f"setsid process gone {took:.2f} s after {how}")
 
 
 # ====================================================================== MPI across two nodes
