@@ -219,12 +219,32 @@ class ZmqLink:
             sock.setsockopt(zmq.CURVE_SERVERKEY, server_key.encode("ascii"))
             sock.setsockopt(zmq.CURVE_PUBLICKEY, public_key.encode("ascii"))
             sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key.encode("ascii"))
+        # TCP keepalive: a dead manager node is found out by the kernel (about 11 s), and a manager
+        # that is stopped or busy keeps its connection (the kernel answers for it)
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 5)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 2)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._connected = False
         sock.connect(address)
         self.sock = sock
         self.pollable = sock  # what the poller watches for input
         self.out_fd = None  # no output of our own waiting: zmq queues it
-        self.eof = False  # a socket has no end: a silent manager is judged by time
+        self.eof = False  # a socket has no end: a silent manager is judged by its connection
         self.buffered = False
+
+    def peer_connected(self) -> bool:
+        """Whether the connection to the manager is up (its monitor's events, read when asked)."""
+        from zmq.utils.monitor import parse_monitor_message
+
+        zmq = self._zmq
+        while True:
+            try:
+                event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return self._connected
+            self._connected = event["event"] == zmq.EVENT_CONNECTED
 
     def poller(self):
         """(poller, its POLLIN, its POLLOUT): a zmq socket needs zmq's poller."""
@@ -247,6 +267,8 @@ class ZmqLink:
             return False
 
     def close(self, linger):
+        self.sock.disable_monitor()
+        self._monitor.close(0)
         self.sock.close(linger=linger)
         self.ctx.term()
 
@@ -265,6 +287,11 @@ class PipeLink:
         self._in = bytearray(initial)
         self._out = bytearray()
         self.eof = False
+
+    def peer_connected(self) -> bool:
+        """Our parent holds the other ends: they close when it dies (the end of input), never while
+        it is stopped or busy."""
+        return not self.eof
 
     @staticmethod
     def poller():
@@ -499,6 +526,7 @@ class Agent:
 
         self.now = now = monotonic()
         self.last_recv = now
+        self.waiting_until = 0.0  # a silent manager whose connection is up: judged again then
         self.last_send = now
         ready = {
             "node": self.node,
@@ -511,7 +539,7 @@ class Agent:
 
         while True:
             # ---- wait
-            deadline = min(self.last_send + hb, self.last_recv + mto)
+            deadline = min(self.last_send + hb, max(self.last_recv + mto, self.waiting_until))
             if heap and heap[0][0] < deadline:
                 deadline = heap[0][0]
             if subreaper:
@@ -569,6 +597,7 @@ class Agent:
                     if frame is None:
                         break
                     self.last_recv = now
+                    self.waiting_until = 0.0
                     try:
                         msgs = loads(frame)
                     except orjson.JSONDecodeError:
@@ -609,8 +638,15 @@ class Agent:
             if self._check_at and self._check_at <= now:
                 self._check_orphans()
 
-            if now - self.last_recv >= mto:
-                log.error("no message from the manager for %.1f s: killing tasks and exiting", now - self.last_recv)
+            if now - self.last_recv >= mto and now >= self.waiting_until and link.peer_connected():
+                # stopped or busy, not gone: our tasks go on (killing them would run them twice)
+                if not self.waiting_until:
+                    log.warning("the manager has been silent for %.1f s but its connection is up: waiting "
+                                "for it", now - self.last_recv)
+                self.waiting_until = now + hb
+            elif now - self.last_recv >= mto and now >= self.waiting_until:
+                log.error("no message from the manager for %.1f s and its connection is down: killing tasks "
+                          "and exiting", now - self.last_recv)
                 self._kill_all([])
                 self._close(0)
                 return EXIT_MANAGER_LOST

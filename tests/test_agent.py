@@ -438,10 +438,24 @@ def _start_sleeper(mgr, tmp_path, tid=1):
     return pid
 
 
-def test_manager_silence_kills_tasks_and_exits(mgr, tmp_path):
+def test_a_silent_manager_whose_connection_is_up_is_waited_for(mgr, tmp_path):
+    """A manager that is stopped or busy keeps its connection: the agent must not kill its tasks
+    (they would run twice) however long the silence."""
+    log_path = tmp_path / "agent-silent.log"
+    mgr.start("--log-file", str(log_path), manager_timeout=1.5)
+    pid = _start_sleeper(mgr, tmp_path)
+    time.sleep(5)  # more than three timeouts
+    assert mgr.proc.poll() is None and psutil.pid_exists(pid)
+    assert "its connection is up: waiting" in log_path.read_text()
+    mgr.send(["ping", 1])
+    assert mgr.expect("pong")[1] == 1
+
+
+def test_a_manager_whose_connection_is_gone_makes_the_agent_kill_its_tasks_and_exit(mgr, tmp_path):
     mgr.start(manager_timeout=1.5)
     pid = _start_sleeper(mgr, tmp_path)
     t0 = time.monotonic()
+    mgr.sock.close(0)  # the manager's end goes, as when its process dies
     assert mgr.proc.wait(WAIT) == 3
     assert time.monotonic() - t0 < 5
     assert pid_gone(pid)

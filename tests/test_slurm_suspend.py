@@ -6,6 +6,8 @@ import shlex
 import subprocess
 import time
 
+import psutil
+
 from conftest import SERVICE_ID, service_command
 from slurm_helpers import clean_env, slurm_cluster  # noqa: F401 (fixture)
 
@@ -60,6 +62,48 @@ def test_a_suspended_and_resumed_allocation_loses_nothing(slurm_cluster, tmp_pat
     assert len(pids.read_text().split()) == 8, f"a task ran again\n{log}"
     assert " lost " not in log and "no message from the manager" not in agent_logs, f"{log}\n{agent_logs}"
     assert "stood still" in log and "stood still" in agent_logs  # each noticed its own pause
+    report = [json.loads(line) for line in (sdir / "jobs.report").read_text().splitlines()]
+    assert sorted(e["name"] for e in report if e["name"].startswith("s:")) == sorted(f"s:{i}" for i in range(8))
+    assert all(e["state"] == "SUCCEED" for e in report), report
+
+
+def test_a_manager_stopped_for_20_s_in_an_allocation_loses_nothing(slurm_cluster, tmp_path):
+    """SIGSTOP of the manager alone (its agents and tasks go on) for twice the agents' timeout: the
+    agents see its connection up and wait, so no agent is lost, no task killed or run again (both
+    agents used to kill their tasks and exit, and every job ended FAILED)."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    jobs = [{"name": "s", "iteration": {"stop": 8}, "execution": {"script": "echo $$ >> pids.txt; sleep 3"}}]
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([{"request": "submit", "jobs": jobs},
+                                {"request": "control", "command": "finishAfterAllTasksDone"}]))
+    argv = ["salloc", "-Q", "-N2", "--ntasks-per-node=4"] + service_command() + [
+        "--file-path", str(reqs), "--wd", str(wd), "--id", SERVICE_ID]
+    proc = subprocess.Popen(argv, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    sdir = wd / f".qcgpjm-service-{SERVICE_ID}"
+    pids = wd / "pids.txt"
+    try:
+        deadline = time.monotonic() + 60
+        while not (pids.exists() and len(pids.read_text().split()) == 8) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pids.exists() and len(pids.read_text().split()) == 8
+        manager = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "--file-path" in p.cmdline() and p.name() != "salloc"]
+        assert len(manager) == 1, manager
+        manager[0].suspend()
+        time.sleep(2 * LINK_TIMEOUT)
+        manager[0].resume()
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (sdir / "service.log").read_text()
+    agent_logs = "\n".join(p.read_text() for p in sdir.glob("agent-*.log"))
+    assert proc.returncode == 0, out
+    assert len(pids.read_text().split()) == 8, f"a task ran again\n{log}"
+    assert " lost " not in log and "no message from the manager" not in agent_logs, f"{log}\n{agent_logs}"
+    assert "connection is up: waiting" in agent_logs
     report = [json.loads(line) for line in (sdir / "jobs.report").read_text().splitlines()]
     assert sorted(e["name"] for e in report if e["name"].startswith("s:")) == sorted(f"s:{i}" for i in range(8))
     assert all(e["state"] == "SUCCEED" for e in report), report
