@@ -250,18 +250,25 @@ def scheduled_twice(m: Manager, name: str, n: int) -> list:
     return [k for k, e in its.items() if e["data"]["history"].count("SCHEDULED") > 1]
 
 
+def two_children_at_work(tmp_path, services, name: str) -> tuple:
+    """A governor, a child "healthy" and a child `name`, 16 iterations under way on both: (governor,
+    that child, a client)."""
+    gov = start_governor(tmp_path, args=FAST)
+    services.append(gov)
+    healthy = start_child(tmp_path, gov, "healthy", "2", FAST)
+    child = start_child(tmp_path, gov, name, "2", FAST)
+    services += [healthy, child]
+    m = manager(gov)
+    m.submit(Jobs().add(name="w", exec="/bin/sleep", args=["0.5"], iteration=16))
+    assert wait_for(lambda: name in json.dumps(m.info("w", withChilds=True)), 10)
+    return gov, child, m
+
+
 def test_a_stopped_child_is_waited_for_and_nothing_runs_twice(tmp_path, services):
     """SIGSTOP of a child for longer than the timeout: its connection stays up (the kernel answers
     for it), so it is waited for; its tasks went on, and nothing is run again elsewhere (it was
     taken for lost, and its work ran twice)."""
-    gov = start_governor(tmp_path, args=FAST)
-    services.append(gov)
-    healthy = start_child(tmp_path, gov, "healthy", "2", FAST)
-    stuck = start_child(tmp_path, gov, "stuck", "2", FAST)
-    services += [healthy, stuck]
-    m = manager(gov)
-    m.submit(Jobs().add(name="w", exec="/bin/sleep", args=["0.5"], iteration=16))
-    assert wait_for(lambda: "stuck" in json.dumps(m.info("w", withChilds=True)), 10)
+    gov, stuck, m = two_children_at_work(tmp_path, services, "stuck")
     os.kill(stuck.proc.pid, signal.SIGSTOP)
     try:
         assert wait_for(lambda: "child stuck has been silent" in gov.log_text, 10), gov.describe()
@@ -277,14 +284,7 @@ def test_a_stopped_child_is_waited_for_and_nothing_runs_twice(tmp_path, services
 
 
 def test_a_killed_child_is_lost_within_the_timeout_and_its_work_runs_elsewhere(tmp_path, services):
-    gov = start_governor(tmp_path, args=FAST)
-    services.append(gov)
-    healthy = start_child(tmp_path, gov, "healthy", "2", FAST)
-    doomed = start_child(tmp_path, gov, "doomed", "2", FAST)
-    services += [healthy, doomed]
-    m = manager(gov)
-    m.submit(Jobs().add(name="w", exec="/bin/sleep", args=["0.5"], iteration=16))
-    assert wait_for(lambda: "doomed" in json.dumps(m.info("w", withChilds=True)), 10)
+    gov, doomed, m = two_children_at_work(tmp_path, services, "doomed")
     t0 = time.monotonic()
     doomed.proc.kill()
     assert wait_for(lambda: "child doomed lost (silent for" in gov.log_text, 10), gov.describe()

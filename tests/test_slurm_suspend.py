@@ -32,22 +32,31 @@ def _wait_state(job_id: str, wanted: set, timeout: float) -> str:
     return state
 
 
-def test_a_suspended_and_resumed_allocation_loses_nothing(slurm_cluster, tmp_path):
+def _campaign(tmp_path, sleep: float) -> tuple:
+    """8 iterations that each write their pid and sleep: (wd, request file, the pids file)."""
     wd = tmp_path / "wd"
     wd.mkdir()
-    jobs = [{"name": "s", "iteration": {"stop": 8}, "execution": {"script": "echo $$ >> pids.txt; sleep 2"}}]
+    jobs = [{"name": "s", "iteration": {"stop": 8}, "execution": {"script": f"echo $$ >> pids.txt; sleep {sleep}"}}]
     reqs = tmp_path / "reqs.json"
     reqs.write_text(json.dumps([{"request": "submit", "jobs": jobs},
                                 {"request": "control", "command": "finishAfterAllTasksDone"}]))
+    return wd, reqs, wd / "pids.txt"
+
+
+def _all_started(pids, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while not (pids.exists() and len(pids.read_text().split()) == 8) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids.exists() and len(pids.read_text().split()) == 8
+
+
+def test_a_suspended_and_resumed_allocation_loses_nothing(slurm_cluster, tmp_path):
+    wd, reqs, pids = _campaign(tmp_path, sleep=2)
     service = shlex.join(service_command() + ["--file-path", str(reqs), "--wd", str(wd), "--id", SERVICE_ID])
     job_id = _slurm("sbatch", "--parsable", "-N2", "--ntasks-per-node=4", "-o", str(tmp_path / "job.out"),
                     "--wrap", service).strip().split(";")[0]
     try:
-        pids = wd / "pids.txt"
-        deadline = time.monotonic() + 60
-        while not (pids.exists() and len(pids.read_text().split()) == 8) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pids.exists() and len(pids.read_text().split()) == 8, (tmp_path / "job.out").read_text()
+        assert _all_started(pids), (tmp_path / "job.out").read_text()
         _slurm("scontrol", "suspend", job_id)
         assert _job_state(job_id) == "SUSPENDED"
         time.sleep(LINK_TIMEOUT * 1.3)
@@ -71,23 +80,14 @@ def test_a_manager_stopped_for_20_s_in_an_allocation_loses_nothing(slurm_cluster
     """SIGSTOP of the manager alone (its agents and tasks go on) for twice the agents' timeout: the
     agents see its connection up and wait, so no agent is lost, no task killed or run again (both
     agents used to kill their tasks and exit, and every job ended FAILED)."""
-    wd = tmp_path / "wd"
-    wd.mkdir()
-    jobs = [{"name": "s", "iteration": {"stop": 8}, "execution": {"script": "echo $$ >> pids.txt; sleep 3"}}]
-    reqs = tmp_path / "reqs.json"
-    reqs.write_text(json.dumps([{"request": "submit", "jobs": jobs},
-                                {"request": "control", "command": "finishAfterAllTasksDone"}]))
+    wd, reqs, pids = _campaign(tmp_path, sleep=3)
     argv = ["salloc", "-Q", "-N2", "--ntasks-per-node=4"] + service_command() + [
         "--file-path", str(reqs), "--wd", str(wd), "--id", SERVICE_ID]
     proc = subprocess.Popen(argv, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     sdir = wd / f".qcgpjm-service-{SERVICE_ID}"
-    pids = wd / "pids.txt"
     try:
-        deadline = time.monotonic() + 60
-        while not (pids.exists() and len(pids.read_text().split()) == 8) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pids.exists() and len(pids.read_text().split()) == 8
+        assert _all_started(pids)
         manager = [p for p in psutil.Process(proc.pid).children(recursive=True)
                    if "--file-path" in p.cmdline() and p.name() != "salloc"]
         assert len(manager) == 1, manager

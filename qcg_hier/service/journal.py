@@ -8,6 +8,8 @@
     {"cancel": name} / {"remove": name}      accepted cancel and remove requests
     {"run": {job: [[a, b], ...]}}            iterations a..b-1 started
     {"fin": {state: {job: [[a, b], ...]}}}   iterations that ended in that state
+    {"interrupted": {job: [[a, b], ...]}}    running when SIGTERM/SIGINT stopped the run (never ended:
+                                             --resume runs them again)
 
 Records are buffered and written together: a submit before its reply is sent, task ends
 before they reach jobs.report or the status publisher, starts with the next write. One
