@@ -186,9 +186,11 @@ def node_agent_pids(marker: str) -> list[int]:
     found = []
     for proc in marked(marker):
         try:
-            if "qcg_hier_agent" in " ".join(proc.cmdline()):
+            # not its watchdog: a fork of the agent, with the same command line
+            if "qcg_hier_agent" in " ".join(proc.cmdline()) and \
+                    "qcg_hier_agent" not in " ".join(proc.parent().cmdline()):
                 found.append(proc.pid)
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, AttributeError):
             continue
     return found
 
