@@ -153,3 +153,12 @@ def alloc_nodes(entry: dict) -> dict[str, int]:
             for node, slots in re.findall(r"([^,\[\]]+)\[([^\]]*)\]", entry["runtime"]["allocation"])}
 
 
+def apt_install(*packages: str) -> None:
+    """Debian packages a test needs and the machine lacks (root only; a clear failure otherwise)."""
+    if os.geteuid() != 0:
+        pytest.fail(f"{' '.join(packages)} missing and this test is not root: apt-get install {' '.join(packages)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", *packages]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

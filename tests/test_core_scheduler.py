@@ -456,24 +456,17 @@ class TestDependencies:
         assert any("b:0" in m for m in b.messages)
         assert states(b.history) == [Q, FAIL]
 
-    def test_per_iteration_dependency_all_omitted(self):
-        # upstream 0.14.2: every iteration OMITTED one by one makes the job FAILED
+    @pytest.mark.parametrize("after, final", [("a:${it}", FAIL), ("a", OMIT)], ids=["per-iteration", "whole-job"])
+    def test_an_iterative_job_whose_iterations_were_all_omitted(self, after, final):
+        """Upstream 0.14.2: iterations OMITTED one by one make the job FAILED; a job left out as a
+        whole (its whole-job dependency failed) is OMITTED."""
         sim = Sim("2")
-        sim.submit(spec("a", its=2), spec("b", its=2, after="a:${it}"))
+        sim.submit(spec("a", its=2), spec("b", its=2, after=after))
         for t in sim.schedule():
             sim.finish(t, rc=1)
         b = sim.job("b")
         assert b.counts[STATE_CODES.index(OMIT)] == 2
-        assert b.state is FAIL
-
-    def test_whole_job_dependency_failed_leaves_an_iterative_job_omitted(self):
-        sim = Sim("2")
-        sim.submit(spec("a", its=2), spec("b", its=2, after="a"))
-        for t in sim.schedule():
-            sim.finish(t, rc=1)
-        b = sim.job("b")
-        assert b.counts[STATE_CODES.index(OMIT)] == 2
-        assert b.state is OMIT
+        assert b.state is final
 
     def test_per_iteration_dependency_with_offset_ranges(self):
         sim = Sim("4")

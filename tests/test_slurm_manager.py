@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from conftest import states, wait_for
-from slurm_helpers import (NODE_NAMES, alloc_nodes, clean_env, describe, env_file, finish_salloc, first_node,
+from slurm_helpers import (NODE_NAMES, alloc_nodes, apt_install, clean_env, describe, env_file, finish_salloc, first_node,
                            salloc_service, slurm_cluster, start_salloc_service)  # noqa: F401 (fixture)
 from test_escapes import marked, new_marker, setsid_escape
 from qcg_hier.core.errors import ResourceSpecError
@@ -420,14 +420,7 @@ def _ensure_mpich() -> str:
     cc = shutil.which("mpicc.mpich")
     if cc:
         return cc
-    if os.geteuid() != 0:
-        pytest.fail("mpicc.mpich is missing and this test is not root: apt-get install mpich libmpich-dev")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"],
-                ["apt-get", "install", "-y", "--no-install-recommends", "mpich", "libmpich-dev"]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    apt_install("mpich", "libmpich-dev")
     cc = shutil.which("mpicc.mpich")
     assert cc, "mpicc.mpich still missing after apt-get install mpich libmpich-dev"
     return cc

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import describe, salloc_service, slurm_cluster  # noqa: F401 (fixture)
+from slurm_helpers import apt_install, describe, salloc_service, slurm_cluster  # noqa: F401 (fixture)
 
 FINISH = {"request": "control", "command": "finishAfterAllTasksDone"}
 SALLOC = ("-N2", "--ntasks-per-node=2")  # 2 nodes x 2 CPUs (CR_Core): 2 slots per node
@@ -68,15 +68,7 @@ AGENT_READY = re.compile(r"agent (\S+) ready on \S+ \(pid \d+, cpus \[([\d, ]*)\
 def _ensure_openmpi() -> tuple[str, str]:
     """(mpicc.openmpi, mpirun.openmpi), installing Debian's openmpi-bin + libopenmpi-dev if missing."""
     if not (shutil.which("mpicc.openmpi") and shutil.which("mpirun.openmpi")):
-        if os.geteuid() != 0:
-            pytest.fail("Open MPI is missing and this test is not root: "
-                        "apt-get install openmpi-bin libopenmpi-dev")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (["apt-get", "update"],
-                    ["apt-get", "install", "-y", "--no-install-recommends", "openmpi-bin", "libopenmpi-dev"]):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-            if proc.returncode != 0:
-                pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        apt_install("openmpi-bin", "libopenmpi-dev")
     cc, mpirun = shutil.which("mpicc.openmpi"), shutil.which("mpirun.openmpi")
     assert cc and mpirun, "mpicc.openmpi / mpirun.openmpi still missing after apt-get install"
     return cc, mpirun
